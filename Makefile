@@ -1,0 +1,39 @@
+# Standard targets. Each one creates .venv (if missing) and installs the package with its test extras first;
+# the install is redone only when setup.py or the version changes.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.tfsidefuse-installed
+
+.PHONY: setup demo test test-all lint format bench clean
+
+$(STAMP): setup.py tfsidefuse/version.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tfsidefuse run --config configs/demo/sasrec.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -m ""
+
+lint: $(STAMP)
+	$(BIN)/ruff check tfsidefuse tests benchmarks
+	$(BIN)/ruff format --check tfsidefuse tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format tfsidefuse tests benchmarks
+	$(BIN)/ruff check --fix tfsidefuse tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/sasrec_beauty.py
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""Installs the tfsidefuse package and its ``tfsidefuse`` command."""
+
+import os
+
+from setuptools import find_packages, setup
+
+here = os.path.dirname(os.path.abspath(__file__))
+version = {}
+with open(os.path.join(here, "tfsidefuse", "version.py")) as fh:
+    exec(fh.read(), version)
+with open(os.path.join(here, "README.md")) as fh:
+    long_description = fh.read()
+
+setup(
+    name="tfsidefuse",
+    version=version["__version__"],
+    description="Side-information fusion for sequential recommendation: a Keras 3 / TensorFlow model zoo",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["tfsidefuse", "tfsidefuse.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.10",
+        "keras-rs>=0.4",
+        "numpy>=1.26",
+        "pandas>=2.0",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "tensorflow-datasets>=4.9"],
+        "serving": ["tensorflow-serving-api>=2.21,<2.22"],
+        "notebooks": ["jupyter", "nbmake>=1.5", "matplotlib>=3.8", "tensorflow-datasets>=4.9"],
+        "tfds": ["tensorflow-datasets>=4.9"],
+    },
+    entry_points={"console_scripts": ["tfsidefuse=tfsidefuse.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny hand-checkable raw dataset and the real-data location."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from tfsidefuse.data.raw_dataset import RawDataset  # noqa: E402
+from tfsidefuse.data.schema import FeatureSpec  # noqa: E402
+
+#: ../shared/data beside the project root; tests that need it skip when it is absent.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real dataset not available: {path}")
+    return path
+
+
+@pytest.fixture
+def tiny_raw() -> RawDataset:
+    """Three users; ``c`` has two events only and is dropped by the split.
+
+    Chronological order (time, ties keep file order):
+      a: y(t1,r4) z(t2,r3) x(t3,r5) x(t4,r2)
+      b: y(t1,r1) z(t1,r1) w(t2,r2)
+    """
+    interactions = pd.DataFrame(
+        {
+            "user": ["a", "a", "a", "a", "b", "b", "b", "c", "c"],
+            "item": ["x", "y", "z", "x", "y", "z", "w", "x", "y"],
+            "time": [3, 1, 2, 4, 1, 1, 2, 5, 6],
+            "rating": [5, 4, 3, 2, 1, 1, 2, 3, 4],
+        }
+    )
+    items = pd.DataFrame({"item": ["x", "y", "z", "w"], "cat": [["c1", "c2"], ["c2"], [], ["c3", "c1", "c2"]]})
+    features = [
+        FeatureSpec("cat", "item", "multi_categorical", max_values=2),
+        FeatureSpec("rating", "interaction", "categorical"),
+        FeatureSpec("gap", "interaction", "bucketized", transform="time_gap", boundaries=[0.5, 1.5]),
+    ]
+    return RawDataset("tiny", interactions, items, features)

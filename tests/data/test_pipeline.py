@@ -1,0 +1,139 @@
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfsidefuse.data.ingest import encode
+from tfsidefuse.data.pipeline import make_dataset, parse_sequence_examples
+from tfsidefuse.data.prepared import PreparedDataset, sequence_example, write_prepared
+
+
+@pytest.fixture
+def prepared(tiny_raw, tmp_path):
+    return PreparedDataset.open(write_prepared(encode(tiny_raw, max_len=3), tmp_path / "tiny", num_shards=2))
+
+
+def batches(ds):
+    return [({k: v.numpy().tolist() for k, v in x.items()}, y.numpy().tolist()) for x, y in ds]
+
+
+def test_prepared_directory_round_trip(prepared, tiny_raw):
+    enc = encode(tiny_raw, max_len=3)
+    assert prepared.schema == enc.schema
+    assert prepared.vocabulary("item_id") == enc.vocabularies["item_id"]
+    np.testing.assert_array_equal(prepared.item_feature_tables["cat"], enc.item_feature_tables["cat"])
+    assert prepared.stats["train_records"] == prepared.stats["valid_records"] == 2
+    assert len(prepared.files("train")) == 2
+    # Each split's record holds the events up to its target: a has 4 events, b 3.
+    records = {}
+    for split in ("train", "valid", "test"):
+        ds = tf.data.TFRecordDataset(prepared.files(split)).map(lambda s: parse_sequence_examples(s, prepared.schema))
+        records[split] = sorted((int(r["user_id"]), r["item_id"].numpy().tolist(), r["rating"].numpy().tolist())
+                                for r in ds)
+    assert records["test"] == [(2, [2, 3, 4, 4], [5, 4, 6, 3]), (3, [2, 3, 5], [2, 2, 3])]
+    assert records["valid"] == [(2, [2, 3, 4], [5, 4, 6]), (3, [2, 3], [2, 2])]
+    assert records["train"] == [(2, [2, 3], [5, 4]), (3, [2], [2])]
+
+
+def test_eval_mode_left_pads_and_truncates(prepared):
+    out = batches(make_dataset(prepared, "test", batch_size=4, shuffle=False, max_len=2))
+    assert len(out) == 1
+    x, y = out[0]
+    # a: history y z x (truncated to the last 2: z x), target x; b: history y z, target w.
+    pairs = dict(zip(map(tuple, x["item_ids"]), y))
+    assert pairs == {(3, 4): 4, (2, 3): 5}
+    out = batches(make_dataset(prepared, "valid", batch_size=4, shuffle=False))
+    x, y = out[0]
+    pairs = {tuple(ids): (label, tuple(r)) for ids, label, r in zip(x["item_ids"], y, x["rating"])}
+    # Left padding: b's history [y] becomes [0, y]; features are padded the same way.
+    assert pairs == {(2, 3): (4, (5, 4)), (0, 2): (3, (0, 2))}
+
+
+def test_all_positions_and_prefix_modes(prepared):
+    (x, y), = batches(make_dataset(prepared, "test", mode="all_positions", batch_size=4, shuffle=False))
+    rows = {tuple(i): tuple(t) for i, t in zip(x["item_ids"], y)}
+    # a: inputs y z x -> labels z x x; b: inputs y z -> labels z w (left-padded to the batch's longest).
+    assert rows == {(2, 3, 4): (3, 4, 4), (0, 2, 3): (0, 3, 5)}
+    got = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False))
+    (x, y), = got
+    prefixes = sorted((tuple(v for v in i if v), t) for i, t in zip(x["item_ids"], y))
+    assert prefixes == sorted([((2,), 3), ((2, 3), 4), ((2, 3, 4), 4), ((2,), 3), ((2, 3), 5)])
+    (x, y), = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False, max_len=1))
+    assert all(len(i) == 1 for i in x["item_ids"])
+
+
+def test_pad_to_max_len_and_feature_selection(prepared):
+    ds = make_dataset(prepared, "valid", batch_size=4, shuffle=False, pad_to_max_len=True, features=["gap"])
+    x, y = next(iter(ds))
+    assert set(x) == {"item_ids", "gap"}
+    assert x["item_ids"].shape == (2, 3) and x["item_ids"].dtype == tf.int32
+    assert y.shape == (2,)
+    with pytest.raises(ValueError, match=r"unknown interaction feature\(s\) \['cat'\]"):
+        make_dataset(prepared, "valid", features=["cat"])
+    with pytest.raises(ValueError, match="mode must be one of .* got 'sliding'"):
+        make_dataset(prepared, "valid", mode="sliding")
+    with pytest.raises(ValueError, match="split must be one of .* got 'dev'"):
+        make_dataset(prepared, "dev")
+
+
+def test_shuffle_is_seeded_and_covers_every_user(tmp_path):
+    import pandas as pd
+
+    from tfsidefuse.data.raw_dataset import RawDataset
+
+    users = np.repeat(np.arange(50), 4).astype(str)
+    items = np.tile(["a", "b", "c", "d"], 50)
+    prepared = PreparedDataset.open(write_prepared(encode(RawDataset("many", pd.DataFrame(
+        {"user": users, "item": items}))), tmp_path / "many", num_shards=3))
+
+    def order(seed):
+        ds = make_dataset(prepared, "test", batch_size=8, shuffle=True, seed=seed, shuffle_buffer=64)
+        return [tuple(v) for x, _ in ds for v in x["item_ids"].numpy().tolist()], sum(
+            int(y.shape[0]) for _, y in ds)
+
+    first, n = order(1)
+    assert order(1)[0] == first and n == 50
+
+
+def test_atomic_write_refuses_overwrite_and_cleans_up(tiny_raw, tmp_path, monkeypatch):
+    enc = encode(tiny_raw)
+    target = tmp_path / "ds"
+    write_prepared(enc, target)
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_prepared(enc, target)
+
+    # An interrupted write leaves neither the target nor a temporary directory behind.
+    import tfsidefuse.data.prepared as prepared_module
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepared_module.np, "savez", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_prepared(enc, tmp_path / "other")
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+    # Overwriting replaces the old content only when the new one is complete.
+    with pytest.raises(KeyboardInterrupt):
+        write_prepared(enc, target, overwrite=True)
+    assert PreparedDataset.open(target).schema == enc.schema
+    assert sorted(os.listdir(tmp_path)) == ["ds"]
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
+        PreparedDataset.open(tmp_path)
+
+
+def test_malformed_record_names_the_missing_feature(prepared, tmp_path):
+    bad = tmp_path / "bad" / "test"
+    bad.mkdir(parents=True)
+    for name in os.listdir(prepared.directory):
+        if name not in ("train", "valid", "test"):
+            src = os.path.join(prepared.directory, name)
+            dst = os.path.join(tmp_path / "bad", name)
+            os.symlink(src, dst)
+    with tf.io.TFRecordWriter(str(bad / "part-00000-of-00001.tfrecord")) as w:
+        w.write(sequence_example(2, [2, 3, 4], {}))  # no "rating" / "gap" lists
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rating|gap"):
+        list(make_dataset(tmp_path / "bad", "test", batch_size=2))

@@ -1,0 +1,136 @@
+"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three).
+
+Every subcommand takes ``--config path.yaml``; ``--set section.key=value``
+overrides single keys (values are parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects section.key=value, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _load(args):
+    from tfsidefuse.config import load_config
+
+    return load_config(args.config, _overrides(args.set))
+
+
+def _print_rows(rows: dict) -> None:
+    from tfsidefuse.evaluation import format_table
+
+    print(format_table(rows))
+
+
+def cmd_prepare(args) -> int:
+    from tfsidefuse.training.trainer import prepare
+
+    config = _load(args)
+    prepared = prepare(config, overwrite=args.overwrite)
+    print(f"prepared dataset: {prepared.directory}")
+    print(json.dumps(prepared.stats, indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tfsidefuse.training.trainer import train
+
+    config = _load(args)
+    result = train(config, evaluate_test=not args.no_test)
+    rows = {f"{config.model.name} ({split})": result.metrics[split] for split in ("valid", "test")
+            if split in result.metrics}
+    _print_rows(rows)
+    print(f"model saved to {os.path.join(config.training.run_dir, 'model.keras')}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tfsidefuse.training.trainer import evaluate
+
+    config = _load(args)
+    _print_rows(evaluate(config, args.split, with_baseline=not args.no_baseline))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tfsidefuse.evaluation import evaluate_most_popular
+    from tfsidefuse.training.trainer import prepare, train
+
+    config = _load(args)
+    prepared = prepare(config, overwrite=args.overwrite)
+    print(f"dataset {prepared.schema.name}: {prepared.stats['users']} users, {prepared.stats['items']} items, "
+          f"{prepared.stats['interactions']} interactions (prepared in {prepared.directory})")
+    result = train(config, prepared)
+    rows = {
+        f"{config.model.name} (valid)": result.metrics["valid"],
+        f"{config.model.name} (test)": result.metrics["test"],
+        "most-popular (test)": evaluate_most_popular(prepared, "test"),
+    }
+    print()
+    print(f"epochs: {result.metrics['epochs_run']} (best {result.metrics['best_epoch']}), "
+          f"training {result.metrics['train_seconds']:.1f} s, "
+          f"{result.metrics['train_sequences_per_second']:.0f} sequences/s")
+    _print_rows(rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tfsidefuse import __version__
+
+    parser = argparse.ArgumentParser(prog="tfsidefuse", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tfsidefuse {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="YAML run configuration")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("prepare", cmd_prepare, "read raw data and write the prepared dataset (TFRecords, vocabularies)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
+    p = add("train", cmd_train, "train a model; save it with its validation and test metrics")
+    p.add_argument("--no-test", action="store_true", help="skip the test-split evaluation")
+    p = add("evaluate", cmd_evaluate, "evaluate a trained run with full-ranking metrics")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
+    p = add("run", cmd_run, "prepare (if needed), train and evaluate; print the metrics table")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from tfsidefuse.config import ConfigError
+    from tfsidefuse.data.schema import SchemaError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, SchemaError, FileNotFoundError, FileExistsError) as err:
+        print(f"tfsidefuse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

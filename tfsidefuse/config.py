@@ -1,0 +1,305 @@
+"""YAML run configuration: ``dataset``, ``model`` and ``training`` sections.
+
+Every mistake (unknown key, wrong type, bad value, missing file) is reported
+when the configuration is loaded, before any work starts, with the key and
+the value. Relative paths are resolved against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid."""
+
+
+SOURCES = ("demo", "s3rec", "recbole", "tfds", "prepared")
+OBJECTIVES = ("all_positions", "prefix")
+MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """Where the data comes from and where the prepared dataset goes.
+
+    Args:
+        source: ``demo`` (built-in synthetic data), ``s3rec`` (``sequences.txt`` +
+            ``item_attributes.json``), ``recbole`` (atomic files), ``tfds``
+            (MovieLens through tensorflow-datasets) or ``prepared`` (an existing
+            prepared directory, given as ``prepared_dir``).
+        prepared_dir: the prepared dataset directory (written by ``prepare``).
+        path: the raw data directory (``s3rec``, ``recbole``).
+        name: the RecBole file stem or the tfds dataset name.
+        max_len: most recent events kept per sequence.
+        k_core: keep users and items with at least this many interactions.
+        features: side features to keep (default: all the reader declares).
+        num_shards: TFRecord files per split.
+        demo: keyword arguments of ``make_demo_dataset`` (``demo`` source).
+    """
+
+    source: str
+    prepared_dir: str
+    path: str | None = None
+    name: str | None = None
+    max_len: int = 50
+    k_core: int | None = None
+    features: list[str] | None = None
+    num_shards: int = 4
+    demo: dict | None = None
+
+    def validate(self) -> None:
+        _one_of("dataset.source", self.source, SOURCES)
+        _positive("dataset.max_len", self.max_len)
+        _positive("dataset.num_shards", self.num_shards)
+        if self.k_core is not None:
+            _positive("dataset.k_core", self.k_core)
+        if self.source in ("s3rec", "recbole"):
+            if not self.path:
+                raise ConfigError(f"dataset.path is required for source {self.source!r}")
+            if not os.path.isdir(self.path):
+                raise ConfigError(f"dataset.path: directory not found: {self.path!r}")
+        if self.source == "s3rec":
+            for fname in ("sequences.txt", "item_attributes.json"):
+                if not os.path.exists(os.path.join(self.path, fname)):
+                    raise ConfigError(f"dataset.path: {self.path!r} has no {fname}")
+        if self.source == "recbole":
+            stem = self.name or os.path.basename(os.path.normpath(self.path))
+            inter = os.path.join(self.path, f"{stem}.inter")
+            if not os.path.exists(inter):
+                raise ConfigError(f"dataset.name: file not found: {inter!r}")
+        if self.source == "prepared" and not os.path.exists(os.path.join(self.prepared_dir, "schema.yaml")):
+            raise ConfigError(f"dataset.prepared_dir: not a prepared dataset: {self.prepared_dir!r}")
+        if self.demo is not None and self.source != "demo":
+            raise ConfigError(f"dataset.demo is only allowed with source 'demo', got source {self.source!r}")
+        if self.demo:
+            from tfsidefuse.data.demo import make_demo_dataset
+
+            _check_kwargs("dataset.demo", self.demo, make_demo_dataset, exclude=())
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The model: ``name`` plus the backbone's hyper-parameters (``params``).
+
+    In YAML the hyper-parameters sit beside ``name``::
+
+        model:
+          name: sasrec
+          hidden_dim: 64
+    """
+
+    name: str = "sasrec"
+    params: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        from tfsidefuse.models.registry import BACKBONES
+
+        _one_of("model.name", self.name, tuple(BACKBONES))
+        _check_kwargs("model", self.params, BACKBONES[self.name], exclude=("num_items", "max_len"))
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """How to train and evaluate.
+
+    Args:
+        run_dir: where the model, logs, checkpoints and metrics go.
+        epochs: maximum number of epochs.
+        batch_size: training examples per batch.
+        eval_batch_size: evaluation examples per batch.
+        learning_rate: Adam learning rate.
+        objective: ``all_positions`` (one example per user, loss at every
+            position) or ``prefix`` (every prefix an example, loss at its end).
+        eval_every: validate every this many epochs.
+        monitor: validation metric for early stopping and model selection.
+        patience: validations without improvement before stopping.
+        seed: seed of initialisation, dropout and shuffling.
+        shuffle_buffer: examples in the shuffle buffer.
+        cache: cache parsed records in memory.
+        exclude_history: rank only items not in the input sequence (off by
+            default, as in the papers).
+        steps_per_epoch: cap on training steps per epoch (default: one pass).
+        verbose: Keras progress output (``auto``, 0, 1 or 2).
+    """
+
+    run_dir: str
+    epochs: int = 200
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    learning_rate: float = 1e-3
+    objective: str = "all_positions"
+    eval_every: int = 1
+    monitor: str = "ndcg@20"
+    patience: int = 10
+    seed: int = 42
+    shuffle_buffer: int = 10_000
+    cache: bool = True
+    exclude_history: bool = False
+    steps_per_epoch: int | None = None
+    verbose: Any = "auto"
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "patience", "shuffle_buffer"):
+            _positive(f"training.{key}", getattr(self, key))
+        if self.steps_per_epoch is not None:
+            _positive("training.steps_per_epoch", self.steps_per_epoch)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate!r}")
+        _one_of("training.objective", self.objective, OBJECTIVES)
+        _one_of("training.monitor", self.monitor, MONITORED)
+        _one_of("training.verbose", self.verbose, ("auto", 0, 1, 2))
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A whole run: dataset, model, training."""
+
+    dataset: DatasetConfig
+    model: ModelConfig
+    training: TrainingConfig
+    source_path: str | None = None
+
+    def validate(self) -> None:
+        self.dataset.validate()
+        self.model.validate()
+        self.training.validate()
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": dataclasses.asdict(self.dataset),
+            "model": {"name": self.model.name, **self.model.params},
+            "training": dataclasses.asdict(self.training),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source_path: str | None = None) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping with dataset/model/training sections, got {data!r}")
+        _check_keys("config", data, ("dataset", "model", "training"))
+        for section in ("dataset", "training"):
+            if section not in data:
+                raise ConfigError(f"config: missing section {section!r}")
+        dataset = _build("dataset", DatasetConfig, data["dataset"])
+        model_data = dict(data.get("model") or {})
+        if not isinstance(data.get("model", {}), (dict, type(None))):
+            raise ConfigError(f"model: expected a mapping, got {data['model']!r}")
+        name = model_data.pop("name", "sasrec")
+        model = ModelConfig(name=name, params=model_data)
+        training = _build("training", TrainingConfig, data["training"])
+        config = cls(dataset=dataset, model=model, training=training, source_path=source_path)
+        config.validate()
+        return config
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunConfig:
+    """Loads and validates a YAML run configuration.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted keys to override, e.g. ``{"training.epochs": 3}``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path!r}")
+    with open(path) as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config {path!r} is not valid YAML: {err}") from err
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key or not isinstance(data, dict) or not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"override {dotted!r}: expected section.key")
+        data.setdefault(section, {})[key] = value
+    return RunConfig.from_dict(data, source_path=path)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_keys(where: str, data: dict, allowed) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+
+
+def _one_of(key: str, value: Any, allowed: tuple) -> None:
+    if isinstance(value, bool) or value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any or annotation is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    check = origin or annotation
+    return isinstance(check, type) and isinstance(value, check)
+
+
+def _build(section: str, cls, data: Any):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(section, data, fields)
+    hints = typing.get_type_hints(cls)
+    data = {key: _coerce_float(value, hints[key]) for key, value in data.items()}
+    for key, value in data.items():
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"{section}.{key}: expected {hints[key]}, got {value!r} ({type(value).__name__})")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and n not in data]
+    if missing:
+        raise ConfigError(f"{section}: missing required key(s) {missing}")
+    return cls(**data)
+
+
+def _coerce_float(value: Any, annotation: Any) -> Any:
+    """YAML reads ``1e-3`` as a string (it wants ``1.0e-3``): accept it where a float is expected."""
+    wants_float = annotation is float or float in typing.get_args(annotation)
+    if wants_float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if wants_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check_kwargs(where: str, params: dict, fn, exclude: tuple) -> None:
+    """Checks keyword arguments against a callable's signature (names and default types)."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {params!r}")
+    sig = inspect.signature(fn)
+    allowed = {n: p for n, p in sig.parameters.items()
+               if n not in exclude and n not in ("self", "kwargs") and p.kind != p.VAR_KEYWORD}
+    _check_keys(where, params, allowed)
+    for key, value in list(params.items()):
+        default = allowed[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        expected = float if isinstance(default, float) else type(default)
+        value = params[key] = _coerce_float(value, expected)
+        if not _type_ok(value, expected):
+            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r} ({type(value).__name__})")

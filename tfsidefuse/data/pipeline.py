@@ -1,0 +1,193 @@
+"""``tf.data`` input pipelines over a prepared dataset.
+
+shard files -> parallel interleave -> parse -> (cache) -> (shuffle) -> examples
+-> truncate to the most recent ``max_len`` events -> left-padded batches -> prefetch.
+
+Each batch is ``(inputs, labels)``. ``inputs`` is a dict with ``item_ids`` and one
+entry per interaction-level feature, all int32 ``[batch, T]``, left-padded with 0
+(the most recent event is the last column). ``T`` is the longest sequence of the
+batch (or ``max_len`` with ``pad_to_max_len``). Three example modes:
+
+* ``"all_positions"`` (training default): one example per user; the input is
+  the training sequence without its last event and ``labels[t]`` is the event
+  after position ``t`` (int32 ``[batch, T]``, 0 where there is no target).
+* ``"prefix"``: every prefix of the training sequence is an example with its
+  next event as the label (int32 ``[batch]``), as in the papers' RecBole runs.
+* ``"eval"``: one example per user; the input is the whole history before the
+  split's target and the label is the target (int32 ``[batch]``).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfsidefuse.data.prepared import ITEM_ID, USER_ID, PreparedDataset
+from tfsidefuse.data.schema import DatasetSchema
+
+MODES = ("all_positions", "prefix", "eval")
+#: Model input key of the item-id sequence.
+ITEM_IDS = "item_ids"
+
+
+def parse_spec(schema: DatasetSchema) -> tuple[dict, dict]:
+    """Context and sequence parse specs of the records, derived from the schema."""
+    context = {USER_ID: tf.io.FixedLenFeature([], tf.int64)}
+    sequence = {ITEM_ID: tf.io.FixedLenSequenceFeature([], tf.int64)}
+    for f in schema.interaction_features:
+        sequence[f.name] = tf.io.FixedLenSequenceFeature([], tf.int64)
+    return context, sequence
+
+
+def parse_sequence_examples(serialized: tf.Tensor, schema: DatasetSchema) -> dict[str, tf.Tensor]:
+    """Parses one serialized ``SequenceExample`` into 1-D int32 tensors (plus ``user_id``)."""
+    context_spec, sequence_spec = parse_spec(schema)
+    context, sequences = tf.io.parse_single_sequence_example(serialized, context_spec, sequence_spec)
+    out = {name: tf.cast(value, tf.int32) for name, value in sequences.items()}
+    out[USER_ID] = tf.cast(context[USER_ID], tf.int32)
+    return out
+
+
+def _window(sequences: dict[str, tf.Tensor], start, stop, max_len: int) -> dict[str, tf.Tensor]:
+    """Events ``start:stop`` of every sequence, keeping the most recent ``max_len``.
+
+    The item sequence is renamed from the record key ``item_id`` to the model
+    input key ``item_ids``.
+    """
+    begin = tf.maximum(start, stop - max_len)
+    return {(ITEM_IDS if name == ITEM_ID else name): seq[begin:stop] for name, seq in sequences.items()}
+
+
+def _left_pad_batch(dataset: tf.data.Dataset, batch_size: int, max_len: int | None,
+                    drop_remainder: bool) -> tf.data.Dataset:
+    """Batches variable-length examples, padding on the left with 0.
+
+    ``padded_batch`` pads on the right, so sequences are reversed before and after.
+    """
+    def reverse_example(inputs, labels):
+        inputs = {k: tf.reverse(v, [0]) for k, v in inputs.items()}
+        if labels.shape.rank == 1:
+            labels = tf.reverse(labels, [0])
+        return inputs, labels
+
+    def reverse_batch(inputs, labels):
+        inputs = {k: tf.reverse(v, [1]) for k, v in inputs.items()}
+        if labels.shape.rank == 2:
+            labels = tf.reverse(labels, [1])
+        return inputs, labels
+
+    label_shape = dataset.element_spec[1].shape
+    seq_shape = [max_len] if max_len else [None]
+    padded_shapes = (
+        {k: seq_shape for k in dataset.element_spec[0]},
+        seq_shape if label_shape.rank == 1 else [],
+    )
+    dataset = dataset.map(reverse_example, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.padded_batch(batch_size, padded_shapes=padded_shapes, drop_remainder=drop_remainder)
+    return dataset.map(reverse_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def make_dataset(
+    prepared: PreparedDataset | str,
+    split: str,
+    *,
+    mode: str | None = None,
+    batch_size: int = 256,
+    max_len: int | None = None,
+    features: list[str] | None = None,
+    shuffle: bool | None = None,
+    shuffle_buffer: int = 10_000,
+    seed: int | None = None,
+    cache: bool = False,
+    pad_to_max_len: bool = False,
+    drop_remainder: bool = False,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Builds the input pipeline of one split.
+
+    Args:
+        prepared: a :class:`PreparedDataset` or its directory.
+        split: ``"train"``, ``"valid"`` or ``"test"``.
+        mode: ``"all_positions"``, ``"prefix"`` or ``"eval"``; default
+            ``"all_positions"`` for train and ``"eval"`` otherwise.
+        batch_size: examples per batch.
+        max_len: events kept per example (the most recent); default the schema's.
+        features: interaction-level features to include (default all).
+        shuffle: shuffle files and examples; default True for train.
+        shuffle_buffer: examples in the shuffle buffer.
+        seed: seed of every random choice (file order, example order).
+        cache: cache parsed records in memory (after parsing, before shuffling).
+        pad_to_max_len: pad every batch to ``max_len`` instead of its longest sequence.
+        drop_remainder: drop the last, smaller batch.
+        repeat: repeat indefinitely.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(inputs, labels)`` batches.
+    """
+    if not isinstance(prepared, PreparedDataset):
+        prepared = PreparedDataset.open(prepared)
+    schema = prepared.schema
+    mode = mode or ("all_positions" if split == "train" else "eval")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    max_len = max_len or schema.max_len
+    if not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    known = [f.name for f in schema.interaction_features]
+    if features is None:
+        features = known
+    unknown = [n for n in features if n not in known]
+    if unknown:
+        raise ValueError(f"unknown interaction feature(s) {unknown}; the dataset has {known}")
+    shuffle = split == "train" if shuffle is None else shuffle
+    keep = [ITEM_ID, *features]
+
+    files = prepared.files(split)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=seed is not None or not shuffle,
+    )
+    ds = ds.map(lambda s: parse_sequence_examples(s, schema), num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+    def to_all_positions(rec):
+        seqs = {k: rec[k] for k in keep}
+        n = tf.shape(rec[ITEM_ID])[0]
+        inputs = _window(seqs, 0, n - 1, max_len)
+        labels = _window({ITEM_ID: rec[ITEM_ID]}, 1, n, max_len)[ITEM_IDS]
+        return inputs, labels
+
+    def to_eval(rec):
+        seqs = {k: rec[k] for k in keep}
+        n = tf.shape(rec[ITEM_ID])[0]
+        return _window(seqs, 0, n - 1, max_len), rec[ITEM_ID][n - 1]
+
+    def to_prefixes(rec):
+        seqs = {k: rec[k] for k in keep}
+        n = tf.shape(rec[ITEM_ID])[0]
+        targets = tf.data.Dataset.range(1, tf.cast(n, tf.int64)).map(lambda t: tf.cast(t, tf.int32))
+        return targets.map(lambda t: (_window(seqs, 0, t, max_len), rec[ITEM_ID][t]))
+
+    if mode == "all_positions":
+        ds = ds.filter(lambda rec: tf.shape(rec[ITEM_ID])[0] >= 2)
+        ds = ds.map(to_all_positions, num_parallel_calls=tf.data.AUTOTUNE)
+    elif mode == "prefix":
+        ds = ds.flat_map(to_prefixes)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = ds.filter(lambda rec: tf.shape(rec[ITEM_ID])[0] >= 2)
+        ds = ds.map(to_eval, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _left_pad_batch(ds, batch_size, max_len if pad_to_max_len else None, drop_remainder)
+    if repeat:
+        ds = ds.repeat()
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,73 @@
+"""Training callbacks: validation-aware early stopping, resumption, logs, timing."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import keras
+
+
+class ValidationEarlyStopping(keras.callbacks.EarlyStopping):
+    """``EarlyStopping`` that waits quietly on epochs without validation.
+
+    With ``validation_freq > 1`` the monitored ``val_*`` metric exists only on
+    validation epochs; patience then counts validations, as RecBole's
+    ``stopping_step`` does, and the epochs in between are not warned about.
+    """
+
+    def get_monitor_value(self, logs):
+        if self.monitor not in (logs or {}):
+            return None
+        return super().get_monitor_value(logs)
+
+
+class TrainingTimer(keras.callbacks.Callback):
+    """Measures time spent in training steps (validation excluded).
+
+    Args:
+        examples_per_epoch: training examples in one pass over the data.
+    """
+
+    def __init__(self, examples_per_epoch: int):
+        super().__init__()
+        self.examples_per_epoch = examples_per_epoch
+        self.train_seconds = 0.0
+        self.examples = 0
+        self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def _stop(self):
+        if self._start is not None:
+            self.train_seconds += time.perf_counter() - self._start
+            self.examples += self.examples_per_epoch
+            self._start = None
+
+    def on_test_begin(self, logs=None):
+        self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._stop()
+
+
+def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[keras.callbacks.Callback]:
+    """Early stopping on the validation metric with best-weight restore,
+    ``BackupAndRestore`` (a killed run resumes), TensorBoard and CSV logs, timing."""
+    run_dir = training_config.run_dir
+    backup_dir = os.path.join(run_dir, "backup")
+    resuming = os.path.isdir(backup_dir)
+    return [
+        TrainingTimer(examples_per_epoch),
+        ValidationEarlyStopping(
+            monitor=f"val_{training_config.monitor}",
+            mode="max",
+            patience=training_config.patience,
+            restore_best_weights=True,
+            verbose=1,
+        ),
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resuming),
+    ]
