@@ -33,7 +33,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix tfsidefuse tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/sasrec_beauty.py
+	$(BIN)/python benchmarks/train_benchmark.py --config configs/amazon-beauty/sasrec.yaml
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,298 @@
+"""Shared checks for layers, backbones and models, and plain-numpy references.
+
+Every layer test runs :func:`run_layer_test`, every backbone test
+:func:`run_backbone_test`, so all of them get the same checks: config round
+trip, Keras serialization, eager and symbolic calls, weight counts, one `fit`
+step, mixed precision, and save/reload of a small model with equal outputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# --------------------------------------------------------------------------------------------------------------------
+# Layer and model checks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _as_kwargs(layer_cls: type, input_data: Any) -> dict[str, Any]:
+    """`input_data` as call keyword arguments: a dict is used as is, a tensor is the first argument."""
+    if isinstance(input_data, dict):
+        return dict(input_data)
+    first_arg = next(iter(_call_arguments(layer_cls)))
+    return {first_arg: input_data}
+
+
+def _call_arguments(layer_cls: type) -> list[str]:
+    return [name for name in inspect.signature(layer_cls.call).parameters if name != "self"]
+
+
+def _shapes(outputs: Any) -> Any:
+    return keras.tree.map_structure(lambda x: tuple(x.shape), outputs)
+
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, (tuple, list)) and all(d is None or isinstance(d, int) for d in x)
+
+
+def _expected_shapes(expected: Any, batch_size: Any = "keep") -> Any:
+    """A shape, or a tuple of shapes, as tuples; the batch dimension replaced unless `"keep"`."""
+    if _is_shape(expected):
+        return tuple(expected) if batch_size == "keep" else (batch_size,) + tuple(expected)[1:]
+    return tuple(_expected_shapes(e, batch_size) for e in expected)
+
+
+def _symbolic_inputs(inputs: dict[str, Any]) -> dict[str, keras.KerasTensor]:
+    return {
+        name: keras.Input(
+            shape=np.shape(value)[1:], dtype=keras.backend.standardize_dtype(np.asarray(value).dtype), name=name
+        )
+        for name, value in inputs.items()
+    }
+
+
+def _is_float(x: Any) -> bool:
+    return "float" in keras.backend.standardize_dtype(x.dtype)
+
+
+def run_serialization_test(instance: Any) -> None:
+    """`from_config(get_config())` and `keras.saving` (de)serialization give an equal config."""
+    config = instance.get_config()
+    revived = type(instance).from_config(config)
+    assert revived.get_config() == config
+    serialized = keras.saving.serialize_keras_object(instance)
+    deserialized = keras.saving.deserialize_keras_object(serialized)
+    assert type(deserialized) is type(instance)
+    assert deserialized.get_config() == config
+
+
+def run_model_saving_test(model: keras.Model, input_data: Any, tmp_dir: str | os.PathLike) -> keras.Model:
+    """Saves `model` as `.keras`, reloads it and checks equal outputs; returns the reloaded model."""
+    path = os.path.join(tmp_dir, "model.keras")
+    expected = model(input_data, training=False)
+    model.save(path)
+    restored = keras.models.load_model(path)
+    actual = restored(input_data, training=False)
+    expected, actual = keras.tree.flatten(expected), keras.tree.flatten(actual)
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    return restored
+
+
+def run_layer_test(
+    layer_cls: type,
+    init_kwargs: dict[str, Any],
+    input_data: Any,
+    expected_output_shape: Any,
+    tmp_dir: str | os.PathLike,
+    call_kwargs: dict[str, Any] | None = None,
+    expected_num_trainable_weights: int | None = None,
+    expected_num_non_trainable_weights: int = 0,
+    run_training_check: bool = True,
+    expected_mixed_precision_dtype: str | None = "float16",
+) -> None:
+    """keras-hub style battery of checks for one layer.
+
+    Args:
+        layer_cls: the layer class.
+        init_kwargs: constructor arguments.
+        input_data: the first call argument (array), or a dict of call
+            argument name -> array.
+        expected_output_shape: output shape (a tuple, or a structure of
+            tuples for structured outputs) for `input_data`.
+        tmp_dir: a temporary directory for the saved model.
+        call_kwargs: extra non-tensor call arguments.
+        expected_num_trainable_weights: checked when given.
+        expected_num_non_trainable_weights: checked always.
+        run_training_check: fit one step of a model made of the layer (float
+            outputs with trainable weights only).
+        expected_mixed_precision_dtype: dtype of the float outputs under the
+            `mixed_float16` policy; `None` skips the check.
+    """
+    call_kwargs = call_kwargs or {}
+    inputs = _as_kwargs(layer_cls, input_data)
+
+    # Config round trip and every constructor argument in the config.
+    layer = layer_cls(**init_kwargs)
+    config = layer.get_config()
+    for key in init_kwargs:
+        assert key in config, f"{layer_cls.__name__}.get_config() lacks the constructor argument {key!r}"
+    run_serialization_test(layer)
+
+    # Eager call, weight counts, built weights.
+    outputs = layer(**inputs, **call_kwargs)
+    assert _shapes(outputs) == _expected_shapes(expected_output_shape)
+    if expected_num_trainable_weights is not None:
+        assert len(layer.trainable_weights) == expected_num_trainable_weights
+    assert len(layer.non_trainable_weights) == expected_num_non_trainable_weights
+    assert all(len(w.path.split("/")) >= 2 for w in layer.weights)
+
+    # Symbolic call: same shapes with an unknown batch size.
+    symbolic = _symbolic_inputs(inputs)
+    symbolic_outputs = layer_cls(**init_kwargs)(**symbolic, **call_kwargs)
+    assert _shapes(symbolic_outputs) == _expected_shapes(expected_output_shape, batch_size=None)
+
+    # Save and reload a small functional model around the layer.
+    model = keras.Model(symbolic, symbolic_outputs)
+    run_model_saving_test(model, inputs, tmp_dir)
+
+    # One training step moves the trainable weights.
+    if run_training_check and not isinstance(symbolic_outputs, (tuple, list)) and _is_float(symbolic_outputs):
+        if model.trainable_weights:
+            before = [np.array(w) for w in model.trainable_weights]
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", run_eagerly=True)
+            targets = np.ones(np.shape(outputs), dtype="float32")
+            model.fit(inputs, targets, batch_size=len(targets), epochs=1, verbose=0)
+            assert any(not np.allclose(b, np.array(w)) for b, w in zip(before, model.trainable_weights))
+
+    # Mixed precision: float32 variables, float outputs in the expected dtype.
+    if expected_mixed_precision_dtype is not None:
+        mixed = layer_cls(**init_kwargs, dtype="mixed_float16")
+        mixed_outputs = mixed(**inputs, **call_kwargs)
+        for w in mixed.weights:
+            if _is_float(w):
+                assert w.dtype == "float32"
+        for x in keras.tree.flatten(mixed_outputs):
+            if _is_float(x):
+                assert keras.backend.standardize_dtype(x.dtype) == expected_mixed_precision_dtype
+                assert np.all(np.isfinite(np.asarray(x, dtype="float32")))
+
+
+def run_backbone_test(
+    backbone_cls: type,
+    init_kwargs: dict[str, Any],
+    input_data: dict[str, Any],
+    tmp_dir: str | os.PathLike,
+) -> None:
+    """Checks shared by every backbone.
+
+    Config round trip, eager and symbolic calls with dynamic sequence length,
+    extra input keys ignored, mixed precision, and save/reload inside a
+    `NextItemModel` with equal predictions.
+    """
+    from tfsidefuse.models import NextItemModel
+
+    backbone = backbone_cls(**init_kwargs)
+    for key in init_kwargs:
+        assert key in backbone.get_config()
+    run_serialization_test(backbone)
+
+    batch_size, seq_len = np.shape(input_data["item_ids"])
+    hidden = backbone(input_data)
+    assert tuple(hidden.shape) == (batch_size, seq_len, backbone.hidden_dim)
+    # Dynamic padding: a shorter batch goes through the same weights.
+    shorter = {k: v[:, 2:] for k, v in input_data.items()}
+    assert tuple(backbone(shorter).shape) == (batch_size, seq_len - 2, backbone.hidden_dim)
+    assert tuple(backbone.item_table().shape) == (backbone.num_items, backbone.hidden_dim)
+
+    # Keys the backbone does not use are ignored.
+    unused = dict(input_data, some_other_feature=np.ones_like(input_data["item_ids"]))
+    np.testing.assert_allclose(backbone(unused), hidden, atol=1e-6)
+
+    symbolic = {k: keras.Input(shape=(None,), dtype="int32", name=k) for k in input_data}
+    assert tuple(backbone_cls(**init_kwargs)(symbolic).shape) == (None, None, backbone.hidden_dim)
+
+    mixed = backbone_cls(**init_kwargs, dtype="mixed_float16")
+    mixed_hidden = mixed(input_data)
+    assert keras.backend.standardize_dtype(mixed_hidden.dtype) == "float16"
+    assert np.all(np.isfinite(np.asarray(mixed_hidden, dtype="float32")))
+
+    run_model_saving_test(NextItemModel(backbone), input_data, tmp_dir)
+
+
+def assert_gradients_reach_every_weight(variables: list, loss_fn: Any) -> None:
+    """Every trainable variable gets a non-zero gradient from `loss_fn()`."""
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    gradients = tape.gradient(loss, [v.value for v in variables])
+    for variable, gradient in zip(variables, gradients):
+        assert gradient is not None, f"no gradient for {variable.path}"
+        assert np.any(np.asarray(tf.convert_to_tensor(gradient)) != 0), f"zero gradient for {variable.path}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plain-numpy references (RecBole's equations, MODELS.md section 1.4)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def np_dense(layer: keras.layers.Dense, x: np.ndarray) -> np.ndarray:
+    return x @ np.asarray(layer.kernel) + np.asarray(layer.bias)
+
+
+def np_layer_norm(layer: keras.layers.LayerNormalization, x: np.ndarray) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    variance = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(variance + layer.epsilon) * np.asarray(layer.gamma) + np.asarray(layer.beta)
+
+
+def np_gelu(x: np.ndarray) -> np.ndarray:
+    erf = np.vectorize(math.erf)
+    return x * 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def np_softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_self_attention(
+    layer: Any,
+    query_input: np.ndarray,
+    mask: np.ndarray | None = None,
+    key_input: np.ndarray | None = None,
+    value_input: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(output, probabilities)` of a `SelfAttention` layer, from its weights."""
+    key_input = query_input if key_input is None else key_input
+    value_input = key_input if value_input is None else value_input
+    h, d = layer.num_heads, layer.hidden_dim
+
+    def split(x: np.ndarray) -> np.ndarray:
+        b, t, _ = x.shape
+        return x.reshape(b, t, h, d // h).transpose(0, 2, 1, 3)
+
+    q = split(np_dense(layer.query_dense, query_input))
+    k = split(np_dense(layer.key_dense, key_input))
+    v = split(np_dense(layer.value_dense, value_input))
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d // h)
+    if mask is not None:
+        scores = scores + (1.0 - mask[:, None, :, :].astype("float64")) * -10000.0
+    probabilities = np_softmax(scores)
+    b, _, t, _ = probabilities.shape
+    context = (probabilities @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+    return np_dense(layer.output_dense, context), probabilities
+
+
+def np_transformer_block(
+    block: Any,
+    x: np.ndarray,
+    mask: np.ndarray | None = None,
+    key_input: np.ndarray | None = None,
+    value_input: np.ndarray | None = None,
+) -> np.ndarray:
+    """Output of a `TransformerBlock` at inference (no dropout), from its weights."""
+    attended, _ = np_self_attention(block.self_attention, x, mask, key_input, value_input)
+    hidden = np_layer_norm(block.attention_layer_norm, x + attended)
+    feedforward = np_dense(
+        block.feedforward_output_dense, np_gelu(np_dense(block.feedforward_intermediate_dense, hidden))
+    )
+    return np_layer_norm(block.feedforward_layer_norm, hidden + feedforward)
+
+
+def np_attention_mask(item_ids: np.ndarray, causal: bool = True) -> np.ndarray:
+    """`[batch, query, key]` bool mask written with loops, independent of the layer code."""
+    b, t = item_ids.shape
+    mask = np.zeros((b, t, t), dtype=bool)
+    for n in range(b):
+        for i in range(t):
+            for j in range(t):
+                mask[n, i, j] = item_ids[n, j] != 0 and (j <= i or not causal)
+    return mask

@@ -1,0 +1,207 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import assert_gradients_reach_every_weight, run_serialization_test
+
+from tfsidefuse.metrics import MRR, NDCG, HitRate
+from tfsidefuse.models import NextItemModel, SASRecBackbone
+
+NUM_ITEMS = 20
+ITEM_IDS = np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8], [0, 0, 0, 0, 0, 11]], dtype="int32")
+# Next item at every slot; 0 where there is no target (padding).
+LABELS = np.array([[0, 0, 7, 9, 3, 12], [4, 5, 6, 2, 8, 13], [0, 0, 0, 0, 0, 14]], dtype="int32")
+
+
+def _model(dropout: float = 0.0, **kwargs) -> NextItemModel:
+    keras.utils.set_random_seed(0)
+    backbone = SASRecBackbone(
+        num_items=NUM_ITEMS,
+        max_len=10,
+        hidden_dim=8,
+        num_heads=2,
+        ff_dim=16,
+        dropout=dropout,
+        attention_dropout=dropout,
+        dtype=kwargs.pop("dtype", None),
+    )
+    return NextItemModel(backbone, **kwargs)
+
+
+def _np_logits(model: NextItemModel, item_ids: np.ndarray) -> np.ndarray:
+    hidden = np.asarray(model.backbone({"item_ids": item_ids}))
+    return hidden @ np.asarray(model.backbone.item_table()).T
+
+
+def _dataset(lengths: tuple[int, ...], batch_size: int = 4, seed: int = 0, last_position: bool = False):
+    """A tf.data pipeline of (inputs, labels) whose batches have different lengths."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for length in lengths:
+        ids = rng.integers(2, NUM_ITEMS, size=(batch_size, length)).astype("int32")
+        ids[:, : length // 3] = 0
+        if last_position:
+            labels = rng.integers(2, NUM_ITEMS, size=(batch_size,)).astype("int32")
+        else:
+            labels = np.concatenate([ids[:, 1:], rng.integers(2, NUM_ITEMS, size=(batch_size, 1))], axis=1)
+            labels = np.where(ids == 0, 0, labels).astype("int32")
+        parts.append(tf.data.Dataset.from_tensor_slices(({"item_ids": ids}, labels)).batch(batch_size))
+    dataset = parts[0]
+    for part in parts[1:]:
+        dataset = dataset.concatenate(part)
+    return dataset
+
+
+def test_all_positions_logits_and_loss():
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[])
+    logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True))
+    assert logits.shape == (3, 6, NUM_ITEMS)
+    np.testing.assert_allclose(logits, _np_logits(model, ITEM_IDS), atol=1e-5)
+    np.testing.assert_allclose(model({"item_ids": ITEM_IDS}, all_positions=True), logits, atol=1e-6)
+
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    real = LABELS != 0
+    expected = -np.mean(np.take_along_axis(log_softmax, LABELS[..., None], axis=-1)[..., 0][real])
+    loss = model.train_on_batch({"item_ids": ITEM_IDS}, LABELS, return_dict=True)["loss"]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_last_position_logits_exclude_padding_and_oov():
+    model = _model()
+    logits = np.asarray(model({"item_ids": ITEM_IDS}))
+    assert logits.shape == (3, NUM_ITEMS)
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits[:, :2], -1e9)
+    np.testing.assert_allclose(logits[:, 2:], _np_logits(model, ITEM_IDS)[:, -1, 2:], atol=1e-5)
+    np.testing.assert_allclose(model.predict({"item_ids": ITEM_IDS}, verbose=0), logits, atol=1e-6)
+
+
+def test_last_position_training_keeps_the_full_softmax():
+    model = _model(train_on="last_position")
+    logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True))
+    assert logits.shape == (3, NUM_ITEMS)
+    np.testing.assert_allclose(logits, _np_logits(model, ITEM_IDS)[:, -1], atol=1e-5)
+
+
+def test_exclude_history():
+    model = _model(exclude_history=True)
+    logits = np.asarray(model({"item_ids": ITEM_IDS}))
+    reference = _np_logits(model, ITEM_IDS)[:, -1]
+    for row, ids in enumerate(ITEM_IDS):
+        excluded = set(ids.tolist()) | {0, 1}
+        for item in range(NUM_ITEMS):
+            if item in excluded:
+                assert logits[row, item] == -1e9
+            else:
+                np.testing.assert_allclose(logits[row, item], reference[row, item], atol=1e-5)
+
+
+def test_top_k():
+    model = _model(exclude_history=True)
+    scores, ids = model.top_k({"item_ids": ITEM_IDS}, k=5)
+    logits = np.asarray(model({"item_ids": ITEM_IDS}))
+    expected_ids = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, np.take_along_axis(logits, expected_ids, axis=-1))
+    for row, history in enumerate(ITEM_IDS):
+        assert not set(np.asarray(ids[row]).tolist()) & (set(history.tolist()) | {0, 1})
+
+
+def test_compile_defaults_and_overrides():
+    model = _model()
+    model.compile()
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-3)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    assert model.loss.get_config()["from_logits"] and model.loss.get_config()["ignore_class"] == 0
+    names = [m.name for m in model._compile_config.config["metrics"]]
+    assert names == ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr"]
+
+    model.compile(optimizer="sgd", metrics=[HitRate(3)])
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert [m.name for m in model._compile_config.config["metrics"]] == ["hr@3"]
+
+
+def test_fit_with_dynamic_sequence_lengths(tmp_path):
+    model = _model(dropout=0.5)
+    model.compile()
+    history = model.fit(_dataset((5, 8, 3)), validation_data=_dataset((6, 4), last_position=True), epochs=2, verbose=0)
+    for key in ("loss", "hr@10", "ndcg@10", "mrr", "val_loss", "val_hr@10", "val_ndcg@20", "val_mrr"):
+        assert np.all(np.isfinite(history.history[key])), key
+    assert history.history["loss"][1] < history.history["loss"][0]
+
+    # Save and reload: same predictions, same compile state and optimizer step.
+    inputs = {"item_ids": ITEM_IDS}
+    path = str(tmp_path / "next_item.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, NextItemModel)
+    assert isinstance(restored.backbone, SASRecBackbone)
+    np.testing.assert_allclose(restored.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-6)
+    assert restored.compiled
+    assert int(restored.optimizer.iterations) == int(model.optimizer.iterations)
+    assert [m.name for m in restored._compile_config.config["metrics"]][-1] == "mrr"
+
+
+def test_fit_on_last_position_labels():
+    model = _model(train_on="last_position")
+    model.compile(metrics=[NDCG(10), MRR()])
+    history = model.fit(_dataset((5, 7), last_position=True), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert 0.0 < history.history["mrr"][0] <= 1.0
+
+
+def test_gradients_reach_every_weight():
+    model = _model()
+    inputs = {"item_ids": ITEM_IDS}
+    model(inputs)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    assert_gradients_reach_every_weight(model.trainable_variables, lambda: loss(LABELS, model(inputs, training=True)))
+    assert len(model.trainable_variables) == len(model.backbone.trainable_variables)
+
+
+def test_auxiliary_losses_added_by_the_backbone_reach_the_training_loss():
+    class PenalizedSASRec(SASRecBackbone):
+        def call(self, inputs, training=None):
+            self.add_loss(keras.ops.convert_to_tensor(5.0))
+            return super().call(inputs, training=training)
+
+    keras.utils.set_random_seed(0)
+    kwargs = {"num_items": NUM_ITEMS, "max_len": 10, "hidden_dim": 8, "dropout": 0.0, "attention_dropout": 0.0}
+    plain = NextItemModel(SASRecBackbone(**kwargs))
+    penalized = NextItemModel(PenalizedSASRec(**kwargs))
+    penalized({"item_ids": ITEM_IDS})
+    plain({"item_ids": ITEM_IDS})
+    penalized.set_weights(plain.get_weights())
+    for model in (plain, penalized):
+        model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[])
+    losses = [m.train_on_batch({"item_ids": ITEM_IDS}, LABELS, return_dict=True)["loss"] for m in (plain, penalized)]
+    np.testing.assert_allclose(losses[1], losses[0] + 5.0, rtol=1e-5)
+
+
+def test_mixed_precision_logits_are_float32():
+    model = _model(dtype="mixed_float16")
+    for kwargs in ({}, {"training": True}):
+        logits = model({"item_ids": ITEM_IDS}, **kwargs)
+        assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+        assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_config_round_trip():
+    model = _model(train_on="last_position", exclude_history=True)
+    run_serialization_test(model)
+    revived = NextItemModel.from_config(model.get_config())
+    assert revived.train_on == "last_position" and revived.exclude_history
+    assert revived.backbone.get_config() == model.backbone.get_config()
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [({"train_on": "first_position"}, "first_position"), ({"exclude_history": "yes"}, "yes")],
+)
+def test_invalid_arguments(kwargs, bad):
+    with pytest.raises(ValueError, match=bad):
+        _model(**kwargs)
+    with pytest.raises(ValueError, match="Backbone"):
+        NextItemModel(keras.layers.Dense(4))

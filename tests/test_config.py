@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tfsidefuse.config import ConfigError, load_config
+
+BASE = {
+    "dataset": {"source": "demo", "prepared_dir": "runs/data/demo"},
+    "model": {"name": "sasrec", "hidden_dim": 32},
+    "training": {"run_dir": "runs/x", "learning_rate": "1e-3"},
+}
+
+
+def write(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def with_(section, **kv):
+    data = {k: dict(v) for k, v in BASE.items()}
+    data[section].update(kv)
+    return data
+
+
+def test_valid_config_and_overrides(tmp_path):
+    config = load_config(write(tmp_path, BASE), {"training.epochs": 3})
+    assert config.training.learning_rate == pytest.approx(1e-3)  # YAML's "1e-3" string is accepted
+    assert config.training.epochs == 3
+    assert config.model.params == {"hidden_dim": 32}
+    assert config.to_dict()["model"] == {"name": "sasrec", "hidden_dim": 32}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (with_("training", epoch=3), r"training: unknown key\(s\) \['epoch'\]"),
+        (with_("training", epochs="many"), r"training.epochs: expected .* got 'many'"),
+        (with_("training", epochs=0), "training.epochs must be a positive integer, got 0"),
+        (with_("training", monitor="auc"), "training.monitor must be one of .* got 'auc'"),
+        (with_("training", objective="pairs"), "training.objective must be one of .* got 'pairs'"),
+        (with_("training", learning_rate=-1.0), "training.learning_rate must be > 0, got -1.0"),
+        (with_("model", name="gru4rec"), "model.name must be one of .* got 'gru4rec'"),
+        (with_("model", hidden=64), r"model: unknown key\(s\) \['hidden'\]"),
+        (with_("model", num_layers="two"), r"model.num_layers: expected int, got 'two'"),
+        (with_("dataset", source="csv"), "dataset.source must be one of .* got 'csv'"),
+        (with_("dataset", source="s3rec"), "dataset.path is required for source 's3rec'"),
+        (with_("dataset", source="s3rec", path="/no/such/dir"), "directory not found: '/no/such/dir'"),
+        (with_("dataset", demo={"num_user": 3}), r"dataset.demo: unknown key\(s\) \['num_user'\]"),
+        (with_("dataset", max_len=0), "dataset.max_len must be a positive integer, got 0"),
+        ({"dataset": BASE["dataset"]}, "missing section 'training'"),
+        ({**BASE, "optimizer": {}}, r"config: unknown key\(s\) \['optimizer'\]"),
+        (with_("training", run_dir=None) | {"training": {}}, r"training: missing required key\(s\) \['run_dir'\]"),
+    ],
+)
+def test_mistakes_fail_early_naming_key_and_value(tmp_path, data, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, data))
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("configs/*/*.yaml")))
+def test_shipped_configs_are_valid(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs name paths relative to the project root
+    with open(path) as fh:
+        data = yaml.safe_load(fh)
+    if data["dataset"]["source"] in ("s3rec", "recbole"):
+        from conftest import shared_data
+
+        shared_data(data["dataset"]["path"].rsplit("/", 1)[-1])
+    config = load_config(path)
+    assert config.model.name == "sasrec"

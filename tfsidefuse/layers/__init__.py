@@ -1,0 +1,20 @@
+"""Shared layers: embeddings, masks, attention and the transformer block."""
+
+from tfsidefuse.layers.item_embedding import ItemEmbedding
+from tfsidefuse.layers.item_feature_lookup import ItemFeatureLookup
+from tfsidefuse.layers.masks import attention_mask, padding_mask
+from tfsidefuse.layers.position_embedding import PositionEmbedding
+from tfsidefuse.layers.self_attention import SelfAttention
+from tfsidefuse.layers.side_feature_embedding import SideFeatureEmbedding
+from tfsidefuse.layers.transformer_block import TransformerBlock
+
+__all__ = [
+    "ItemEmbedding",
+    "ItemFeatureLookup",
+    "PositionEmbedding",
+    "SelfAttention",
+    "SideFeatureEmbedding",
+    "TransformerBlock",
+    "attention_mask",
+    "padding_mask",
+]

@@ -1,0 +1,88 @@
+"""Learned absolute position embedding for left-padded sequences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfsidefuse")
+class PositionEmbedding(keras.layers.Layer):
+    """Learned position table indexed from the oldest real item of the window.
+
+    For a left-padded window with padding mask `m`, the position of slot `t` is
+    `p_t = clip(cumsum(m)_t - 1, 0, max_len - 1)`, so the oldest real item has
+    position 0 whatever the amount of left padding, as RecBole's right-padded
+    slot index. The layer returns `P[p]`. Padded slots get row 0; their outputs
+    are never read.
+
+    Args:
+        max_len: number of rows of the table (the longest window).
+        hidden_dim: embedding width `d`.
+        embeddings_initializer: initializer of the table; `None` gives
+            `N(0, 0.02)`, as RecBole.
+        **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
+
+    Call arguments:
+        padding_mask: bool tensor `[batch, seq_len]`, `True` at real items.
+
+    Returns:
+        Position vectors `[batch, seq_len, hidden_dim]`.
+
+    Example:
+
+    ```python
+    layer = PositionEmbedding(max_len=50, hidden_dim=8)
+    ids = np.array([[0, 0, 4, 9], [3, 5, 4, 9]])
+    positions = layer(ids != 0)  # [2, 4, 8]; slot 2 of row 0 equals slot 0 of row 1
+    ```
+
+    Reference:
+        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+    """
+
+    def __init__(
+        self,
+        max_len: int,
+        hidden_dim: int,
+        embeddings_initializer: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"`max_len` must be a positive int. Received: max_len={max_len!r}")
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
+        self.max_len = max_len
+        self.hidden_dim = hidden_dim
+        if embeddings_initializer is None:
+            embeddings_initializer = keras.initializers.RandomNormal(stddev=0.02)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    def build(self, padding_mask_shape: Any = None) -> None:
+        # A serialized copy gives a fresh instance, so an unseeded initializer
+        # shared between layers still draws new values for each table.
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.max_len, self.hidden_dim),
+            initializer=keras.initializers.serialize(self.embeddings_initializer),
+        )
+        self.built = True
+
+    def call(self, padding_mask: Any) -> Any:
+        positions = ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1
+        positions = ops.clip(positions, 0, self.max_len - 1)
+        return ops.take(self.embeddings, positions, axis=0)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "max_len": self.max_len,
+                "hidden_dim": self.hidden_dim,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,183 @@
+"""RecBole's post-LN transformer block."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from tfsidefuse.layers.self_attention import SelfAttention
+
+
+@keras.saving.register_keras_serializable(package="tfsidefuse")
+class TransformerBlock(keras.layers.Layer):
+    """Post-LN transformer block, exactly as RecBole's `TransformerLayer`.
+
+    With `H` the input and `A` the multi-head attention of `SelfAttention`
+    (output projection included):
+
+    `H' = LN_1(H + Dropout(A(H, M)))`,
+    `Y = LN_2(H' + Dropout(GELU(H' W^1 + b^1) W^2 + b^2))`,
+
+    with the exact (erf) GELU, no dropout between GELU and `W^2`, attention
+    dropout on the attention probabilities and LayerNorm epsilon 1e-12 by
+    default. The residual branch always starts from `inputs`, also when keys or
+    values come from other tensors (`key_input`, `value_input`).
+
+    Args:
+        hidden_dim: width `d` of the block.
+        num_heads: number of attention heads; must divide `hidden_dim`.
+        ff_dim: width of the feed-forward intermediate layer.
+        dropout: dropout rate on the two residual branches.
+        attention_dropout: dropout rate on the attention probabilities.
+        layer_norm_epsilon: epsilon of both layer normalizations.
+        kernel_initializer: initializer of every kernel; `None` gives
+            `N(0, 0.02)`, as RecBole.
+        bias_initializer: initializer of every bias.
+        **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
+
+    Call arguments:
+        inputs: `[batch, seq_len, hidden_dim]`, the query input and residual.
+        attention_mask: optional bool `[batch, seq_len, key_len]`, `True` where
+            query `i` may attend key `j`. `None` allows everything.
+        key_input: optional source of the keys (defaults to `inputs`).
+        value_input: optional source of the values (defaults to `key_input`).
+        training: bool, whether dropout is active.
+
+    Returns:
+        `[batch, seq_len, hidden_dim]`.
+
+    Example:
+
+    ```python
+    block = TransformerBlock(hidden_dim=8, num_heads=2, ff_dim=32)
+    ids = np.array([[0, 0, 3, 4, 5]])
+    x = np.random.normal(size=(1, 5, 8))
+    y = block(x, attention_mask=masks.attention_mask(ids != 0, causal=True))
+    ```
+
+    Reference:
+        Vaswani et al., "Attention Is All You Need", NeurIPS 2017;
+        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        ff_dim: int,
+        dropout: float = 0.5,
+        attention_dropout: float = 0.5,
+        layer_norm_epsilon: float = 1e-12,
+        kernel_initializer: Any = None,
+        bias_initializer: Any = "zeros",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(hidden_dim, int) or hidden_dim < 1:
+            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
+        if not isinstance(num_heads, int) or num_heads < 1 or hidden_dim % num_heads != 0:
+            raise ValueError(
+                f"`num_heads` must be a positive int dividing `hidden_dim`. "
+                f"Received: num_heads={num_heads!r}, hidden_dim={hidden_dim}"
+            )
+        if not isinstance(ff_dim, int) or ff_dim < 1:
+            raise ValueError(f"`ff_dim` must be a positive int. Received: ff_dim={ff_dim!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(
+                f"`attention_dropout` must be in [0, 1). Received: attention_dropout={attention_dropout!r}"
+            )
+        if not layer_norm_epsilon > 0:
+            raise ValueError(
+                f"`layer_norm_epsilon` must be positive. Received: layer_norm_epsilon={layer_norm_epsilon!r}"
+            )
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.RandomNormal(stddev=0.02)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def _dense(self, units: int, name: str) -> keras.layers.Dense:
+        # Serialized initializers give each kernel a fresh (unseeded) instance.
+        return keras.layers.Dense(
+            units,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _layer_norm(self, name: str) -> keras.layers.LayerNormalization:
+        return keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name)
+
+    def build(self, inputs_shape: Any, key_input_shape: Any = None, value_input_shape: Any = None) -> None:
+        hidden_shape = tuple(inputs_shape)[:-1] + (self.hidden_dim,)
+        self.self_attention = SelfAttention(
+            self.hidden_dim,
+            self.num_heads,
+            dropout=self.attention_dropout,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="self_attention",
+        )
+        self.self_attention.build(inputs_shape, key_input_shape, value_input_shape)
+        self.attention_output_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_output_dropout"
+        )
+        self.attention_layer_norm = self._layer_norm("attention_layer_norm")
+        self.attention_layer_norm.build(hidden_shape)
+        self.feedforward_intermediate_dense = self._dense(self.ff_dim, "feedforward_intermediate_dense")
+        self.feedforward_intermediate_dense.build(hidden_shape)
+        self.feedforward_output_dense = self._dense(self.hidden_dim, "feedforward_output_dense")
+        self.feedforward_output_dense.build(tuple(inputs_shape)[:-1] + (self.ff_dim,))
+        self.feedforward_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="feedforward_dropout"
+        )
+        self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
+        self.feedforward_layer_norm.build(hidden_shape)
+        self.built = True
+
+    def call(
+        self,
+        inputs: Any,
+        attention_mask: Any = None,
+        key_input: Any = None,
+        value_input: Any = None,
+        training: bool | None = None,
+    ) -> Any:
+        attended = self.self_attention(
+            inputs,
+            attention_mask=attention_mask,
+            key_input=key_input,
+            value_input=value_input,
+            training=training,
+        )
+        hidden = self.attention_layer_norm(inputs + self.attention_output_dropout(attended, training=training))
+        intermediate = ops.gelu(self.feedforward_intermediate_dense(hidden), approximate=False)
+        outputs = self.feedforward_output_dense(intermediate)
+        return self.feedforward_layer_norm(hidden + self.feedforward_dropout(outputs, training=training))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "ff_dim": self.ff_dim,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

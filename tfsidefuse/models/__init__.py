@@ -1,0 +1,7 @@
+"""Backbones (one per paper) and the next-item task."""
+
+from tfsidefuse.models.backbone import Backbone
+from tfsidefuse.models.next_item_model import NextItemModel
+from tfsidefuse.models.sasrec import SASRecBackbone
+
+__all__ = ["Backbone", "NextItemModel", "SASRecBackbone"]

@@ -1,0 +1,189 @@
+"""The next-item task: turns any backbone into a trainable recommender."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from tfsidefuse.data.schema import NUM_RESERVED_IDS
+from tfsidefuse.metrics import ranking_metrics
+from tfsidefuse.models.backbone import Backbone
+
+TRAIN_ON = ("all_positions", "last_position")
+# Score given to items that must never be recommended (padding, OOV, history).
+EXCLUDED_LOGIT = -1e9
+
+
+@keras.saving.register_keras_serializable(package="tfsidefuse")
+class NextItemModel(keras.Model):
+    """Next-item recommender: full softmax over all items, tied to the item table.
+
+    The backbone maps the input dict to hidden states `H [batch, seq_len, d]`;
+    the model scores them against the backbone's item table `E`
+    (`backbone.item_table()`, `[num_items, d]`): `logits = H E^T`, float32.
+
+    Two outputs, chosen by `all_positions` in `call`:
+
+    - all positions, `[batch, seq_len, num_items]`: one next-item prediction
+      per slot, trained with labels `[batch, seq_len]` (`0` where a slot has no
+      target, e.g. padding); the default for training with
+      `train_on="all_positions"` (one left-padded sequence per user, as S3-Rec).
+    - last position, `[batch, num_items]`: the prediction after the most
+      recent item (the last slot of left-padded inputs), with labels
+      `[batch]`; the default for inference, and for training with
+      `train_on="last_position"` (every prefix is an example, as RecBole).
+      At inference (`training` false) the padding and OOV columns, and with
+      `exclude_history` the items of the input sequence, are set to `-1e9`.
+      During training the full softmax keeps every column, as RecBole.
+
+    `compile()` without arguments uses Adam(1e-3), sparse categorical
+    cross-entropy from logits ignoring label 0, and full-ranking HR@K, NDCG@K
+    (K = 5, 10, 20) and MRR; any argument overrides its default. Auxiliary
+    losses that the backbone adds with `add_loss` are added to the main loss
+    by `fit`.
+
+    Args:
+        backbone: a `tfsidefuse.models.Backbone`.
+        train_on: `"all_positions"` or `"last_position"`, which output
+            `fit` trains.
+        exclude_history: at inference, never recommend items already in the
+            input sequence. Off by default: RecBole's full ranking keeps them.
+        **kwargs: standard model arguments (`name`, `dtype`, `trainable`).
+
+    Call arguments:
+        inputs: dict with `"item_ids"` `[batch, seq_len]` (left-padded) and
+            the other inputs the backbone uses.
+        training: bool, whether dropout is active.
+        all_positions: bool, logits at every slot instead of the last one.
+            Defaults to `training and train_on == "all_positions"`.
+
+    Example:
+
+    ```python
+    model = NextItemModel(SASRecBackbone(num_items=1000, max_len=50))
+    model.compile()
+    model.fit(train_ds, validation_data=valid_ds, epochs=10)
+    scores, ids = model.top_k({"item_ids": sequences}, k=10)
+    ```
+
+    Reference:
+        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018;
+        Zhao et al., "RecBole: Towards a Unified, Comprehensive and Efficient
+        Framework for Recommendation Algorithms", CIKM 2021.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        train_on: str = "all_positions",
+        exclude_history: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(backbone, Backbone):
+            raise ValueError(f"`backbone` must be a `tfsidefuse.models.Backbone`. Received: backbone={backbone!r}")
+        if train_on not in TRAIN_ON:
+            raise ValueError(f"`train_on` must be one of {TRAIN_ON}. Received: train_on={train_on!r}")
+        if not isinstance(exclude_history, bool):
+            raise ValueError(f"`exclude_history` must be a bool. Received: exclude_history={exclude_history!r}")
+        self.backbone = backbone
+        self.train_on = train_on
+        self.exclude_history = exclude_history
+
+    def build(self, inputs_shape: Any = None) -> None:
+        if not self.backbone.built:
+            self.backbone.build(inputs_shape)
+        self.built = True
+
+    def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
+        if all_positions is None:
+            all_positions = bool(training) and self.train_on == "all_positions"
+        hidden = self.backbone(inputs, training=training)
+        if not all_positions:
+            hidden = hidden[:, -1, :]
+        table = ops.cast(self.backbone.item_table(), hidden.dtype)
+        logits = ops.cast(ops.matmul(hidden, ops.transpose(table)), "float32")
+        if all_positions or training:
+            return logits
+        return self._exclude(logits, inputs["item_ids"])
+
+    def _exclude(self, logits: Any, item_ids: Any) -> Any:
+        num_items = self.backbone.num_items
+        excluded = ops.expand_dims(ops.arange(num_items) < NUM_RESERVED_IDS, axis=0)
+        if self.exclude_history:
+            ids = ops.reshape(ops.cast(item_ids, "int32"), (-1,))
+            batch_size, seq_len = ops.shape(item_ids)[0], ops.shape(item_ids)[1]
+            rows = ops.repeat(ops.arange(batch_size, dtype="int32"), seq_len)
+            counts = ops.scatter(ops.stack([rows, ids], axis=1), ops.ones_like(ids), (batch_size, num_items))
+            excluded = ops.logical_or(excluded, counts > 0)
+        return ops.where(excluded, EXCLUDED_LOGIT, logits)
+
+    def top_k(self, inputs: dict[str, Any], k: int = 10) -> tuple[Any, Any]:
+        """The `k` best items after the last position of each sequence.
+
+        Args:
+            inputs: the model's input dict.
+            k: number of items to return.
+
+        Returns:
+            `(scores, ids)`, both `[batch, k]`, best first; padding and OOV
+            (and, with `exclude_history`, history items) are never returned
+            unless fewer than `k` other items exist.
+        """
+        logits = self(inputs, training=False, all_positions=False)
+        return ops.top_k(logits, k=k)
+
+    def compile(
+        self,
+        optimizer: Any = None,
+        loss: Any = None,
+        metrics: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Configures training; every argument left to `None` gets a working default.
+
+        Args:
+            optimizer: defaults to `keras.optimizers.Adam(1e-3)`.
+            loss: defaults to `SparseCategoricalCrossentropy(from_logits=True,
+                ignore_class=0)`: the full softmax over all items, with label
+                0 meaning "no target at this slot".
+            metrics: defaults to `tfsidefuse.metrics.ranking_metrics()`
+                (HR@K, NDCG@K for K in 5, 10, 20, and MRR); `[]` for none.
+            **kwargs: other `keras.Model.compile` arguments.
+        """
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+        if metrics is None:
+            metrics = ranking_metrics()
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        # Keras skips models with a custom `compile`; ours takes the same
+        # arguments, so a reloaded model is compiled (and its optimizer state
+        # restored) as the saved one.
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self) -> dict[str, Any]:
+        # Not chained to `keras.Model.get_config`, which only handles
+        # functional models and simple constructors.
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "train_on": self.train_on,
+            "exclude_history": self.exclude_history,
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> NextItemModel:
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)

@@ -1,0 +1,5 @@
+"""SASRec (Kang & McAuley, ICDM 2018)."""
+
+from tfsidefuse.models.sasrec.sasrec_backbone import SASRecBackbone
+
+__all__ = ["SASRecBackbone"]

@@ -1,0 +1,152 @@
+"""SASRec: the side-information-free baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from tfsidefuse.layers.item_embedding import ItemEmbedding
+from tfsidefuse.layers.masks import attention_mask, padding_mask
+from tfsidefuse.layers.position_embedding import PositionEmbedding
+from tfsidefuse.layers.transformer_block import TransformerBlock
+from tfsidefuse.models.backbone import Backbone
+
+
+@keras.saving.register_keras_serializable(package="tfsidefuse")
+class SASRecBackbone(Backbone):
+    """SASRec: causal self-attention over item ids and learned positions.
+
+    `X^0 = Dropout(LN(E_item[s] + P[pos]))`, with positions counted from the
+    oldest real item of the window (no `sqrt(d)` scaling, as RecBole), then
+    `num_layers` post-LN `TransformerBlock`s with the causal mask: slot `t`
+    attends the real items at slots `<= t`. The output `[batch, seq_len,
+    hidden_dim]` is read out by `NextItemModel` against the item embedding.
+
+    Args:
+        num_items: size of the item id space, including the padding id 0 and
+            the OOV id 1.
+        max_len: number of learned positions (the longest window).
+        hidden_dim: width `d` of embeddings and hidden states.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads per block; must divide `hidden_dim`.
+        ff_dim: width of the feed-forward intermediate layer.
+        dropout: dropout rate on the embeddings and the residual branches.
+        attention_dropout: dropout rate on the attention probabilities.
+        layer_norm_epsilon: epsilon of every layer normalization.
+        **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
+
+    Call arguments:
+        inputs: dict with `"item_ids"`, int `[batch, seq_len]`, left-padded
+            with 0; other keys are ignored.
+        training: bool, whether dropout is active.
+
+    Returns:
+        Hidden states `[batch, seq_len, hidden_dim]`.
+
+    Example:
+
+    ```python
+    backbone = SASRecBackbone(num_items=1000, max_len=50, hidden_dim=64)
+    hidden = backbone({"item_ids": np.array([[0, 0, 17, 5, 42]])})  # [1, 5, 64]
+    model = NextItemModel(backbone)
+    ```
+
+    Reference:
+        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018;
+        the RecBole implementation (Zhao et al., CIKM 2021).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int = 50,
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        ff_dim: int = 256,
+        dropout: float = 0.5,
+        attention_dropout: float = 0.5,
+        layer_norm_epsilon: float = 1e-12,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_items=num_items, hidden_dim=hidden_dim, max_len=max_len, **kwargs)
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"`num_layers` must be a positive int. Received: num_layers={num_layers!r}")
+        if not isinstance(num_heads, int) or num_heads < 1 or hidden_dim % num_heads != 0:
+            raise ValueError(
+                f"`num_heads` must be a positive int dividing `hidden_dim`. "
+                f"Received: num_heads={num_heads!r}, hidden_dim={hidden_dim}"
+            )
+        if not isinstance(ff_dim, int) or ff_dim < 1:
+            raise ValueError(f"`ff_dim` must be a positive int. Received: ff_dim={ff_dim!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(
+                f"`attention_dropout` must be in [0, 1). Received: attention_dropout={attention_dropout!r}"
+            )
+        if not layer_norm_epsilon > 0:
+            raise ValueError(
+                f"`layer_norm_epsilon` must be positive. Received: layer_norm_epsilon={layer_norm_epsilon!r}"
+            )
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+
+    def build(self, inputs_shape: Any = None) -> None:
+        hidden_shape = (None, None, self.hidden_dim)
+        self.item_embedding = ItemEmbedding(
+            self.num_items, self.hidden_dim, dtype=self.dtype_policy, name="item_embedding"
+        )
+        self.item_embedding.build()
+        self.position_embedding = PositionEmbedding(
+            self.max_len, self.hidden_dim, dtype=self.dtype_policy, name="position_embedding"
+        )
+        self.position_embedding.build()
+        self.embeddings_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="embeddings_layer_norm"
+        )
+        self.embeddings_layer_norm.build(hidden_shape)
+        self.embeddings_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name="embeddings_dropout")
+        self.transformer_layers = []
+        for i in range(self.num_layers):
+            block = TransformerBlock(
+                self.hidden_dim,
+                self.num_heads,
+                self.ff_dim,
+                dropout=self.dropout,
+                attention_dropout=self.attention_dropout,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=f"transformer_layer_{i}",
+            )
+            block.build(hidden_shape)
+            self.transformer_layers.append(block)
+        self.built = True
+
+    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+        mask = padding_mask(inputs["item_ids"])
+        x = self.item_embedding(inputs["item_ids"]) + self.position_embedding(mask)
+        x = self.embeddings_dropout(self.embeddings_layer_norm(x), training=training)
+        causal_mask = attention_mask(mask, causal=True)
+        for block in self.transformer_layers:
+            x = block(x, attention_mask=causal_mask, training=training)
+        return x
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "ff_dim": self.ff_dim,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config
