@@ -27,6 +27,7 @@ setup(
         "numpy>=1.26",
         "pandas>=2.0",
         "pyyaml>=6.0",
+        "tensorboard>=2.20",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "tensorflow-datasets>=4.9"],

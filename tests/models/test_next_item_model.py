@@ -55,10 +55,13 @@ def _dataset(lengths: tuple[int, ...], batch_size: int = 4, seed: int = 0, last_
 def test_all_positions_logits_and_loss():
     model = _model()
     model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[])
-    logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True))
+    logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True, all_positions=True))
     assert logits.shape == (3, 6, NUM_ITEMS)
     np.testing.assert_allclose(logits, _np_logits(model, ITEM_IDS), atol=1e-5)
     np.testing.assert_allclose(model({"item_ids": ITEM_IDS}, all_positions=True), logits, atol=1e-6)
+    # fit's forward pass (TensorFlow, no XLA) scores the real slots only, in row-major order.
+    packed = np.asarray(model({"item_ids": ITEM_IDS}, training=True))
+    np.testing.assert_allclose(packed, logits[ITEM_IDS != 0], atol=1e-6)
 
     log_softmax = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     real = LABELS != 0
@@ -157,7 +160,7 @@ def test_gradients_reach_every_weight():
     inputs = {"item_ids": ITEM_IDS}
     model(inputs)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
-    assert_gradients_reach_every_weight(model.trainable_variables, lambda: loss(LABELS, model(inputs, training=True)))
+    assert_gradients_reach_every_weight(model.trainable_variables, lambda: loss(LABELS, model(inputs, training=True, all_positions=True)))
     assert len(model.trainable_variables) == len(model.backbone.trainable_variables)
 
 

@@ -98,16 +98,56 @@ class NextItemModel(keras.Model):
         self.built = True
 
     def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
+        packed = False
         if all_positions is None:
             all_positions = bool(training) and self.train_on == "all_positions"
+            packed = all_positions and self._packs_positions()
         hidden = self.backbone(inputs, training=training)
-        if not all_positions:
+        if packed:
+            # Score only the real (non-padding) slots: [num_real_slots, d].
+            flat = ops.reshape(hidden, (-1, ops.shape(hidden)[-1]))
+            hidden = ops.take(flat, self._real_slots(inputs), axis=0)
+        elif not all_positions:
             hidden = hidden[:, -1, :]
         table = ops.cast(self.backbone.item_table(), hidden.dtype)
         logits = ops.cast(ops.matmul(hidden, ops.transpose(table)), "float32")
         if all_positions or training:
             return logits
         return self._exclude(logits, inputs["item_ids"])
+
+    def _packs_positions(self) -> bool:
+        """Whether all-position training scores the real slots only.
+
+        Padding slots carry no target, and on short-sequence data (Amazon: 9
+        items on average, padded to 50) they are most of the `[B, T, V]`
+        logits. Selecting the real slots gives dynamic shapes, which XLA and
+        JAX's `jit` cannot compile; there every slot is scored and the
+        padding labels (0) are ignored by the loss instead.
+        """
+        return keras.backend.backend() == "tensorflow" and not getattr(self, "jit_compile", False)
+
+    @staticmethod
+    def _real_slots(inputs: dict[str, Any]) -> Any:
+        mask = ops.reshape(ops.not_equal(inputs["item_ids"], 0), (-1,))
+        return ops.nonzero(mask)[0]
+
+    def _pack(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> tuple[Any, Any]:
+        """Selects the labels (and weights) of the slots that `call` scored when it packed them."""
+        if y is None or len(ops.shape(y)) != 2 or len(ops.shape(y_pred)) != 2:
+            return y, sample_weight
+        slots = self._real_slots(x)
+        y = ops.take(ops.reshape(y, (-1,)), slots, axis=0)
+        if sample_weight is not None and len(ops.shape(sample_weight)) == 2:
+            sample_weight = ops.take(ops.reshape(sample_weight, (-1,)), slots, axis=0)
+        return y, sample_weight
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        y, sample_weight = self._pack(x, y, y_pred, sample_weight)
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        y, sample_weight = self._pack(x, y, y_pred, sample_weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _exclude(self, logits: Any, item_ids: Any) -> Any:
         num_items = self.backbone.num_items

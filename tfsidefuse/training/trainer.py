@@ -12,6 +12,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import yaml
 
 from tfsidefuse.config import RunConfig
@@ -31,11 +32,13 @@ METRICS_FILE = "metrics.json"
 
 def read_raw(dataset_config):
     """Reads the raw dataset named by a dataset config section."""
-    from tfsidefuse.data import demo, readers
-
     src = dataset_config.source
     if src == "demo":
-        return demo.make_demo_dataset(**(dataset_config.demo or {}))
+        from tfsidefuse.data.demo import make_demo_dataset
+
+        return make_demo_dataset(**(dataset_config.demo or {}))
+    from tfsidefuse.data import readers
+
     if src == "s3rec":
         return readers.read_s3rec(dataset_config.path, name=dataset_config.name)
     if src == "recbole":
@@ -84,6 +87,10 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
         train_on="last_position" if t.objective == "prefix" else "all_positions",
         exclude_history=t.exclude_history,
     )
+    # Build the weights now: BackupAndRestore needs them before fit() to restore a killed run.
+    dummy = {"item_ids": np.full((1, 1), 2, dtype="int32")}
+    dummy.update({f.name: np.ones((1, 1), dtype="int32") for f in prepared.schema.interaction_features})
+    model(dummy)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate))
     return model
 

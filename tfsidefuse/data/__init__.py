@@ -1,0 +1,17 @@
+"""Data: schema, raw datasets and the readers that produce them."""
+
+from tfsidefuse.data.demo import make_demo_dataset
+from tfsidefuse.data.raw_dataset import RawDataset
+from tfsidefuse.data.readers import read_recbole, read_s3rec, read_tfds_movielens
+from tfsidefuse.data.schema import DatasetSchema, FeatureSpec, SchemaError
+
+__all__ = [
+    "DatasetSchema",
+    "FeatureSpec",
+    "RawDataset",
+    "SchemaError",
+    "make_demo_dataset",
+    "read_recbole",
+    "read_s3rec",
+    "read_tfds_movielens",
+]
