@@ -137,3 +137,11 @@ def test_malformed_record_names_the_missing_feature(prepared, tmp_path):
         w.write(sequence_example(2, [2, 3, 4], {}))  # no "rating" / "gap" lists
     with pytest.raises(tf.errors.InvalidArgumentError, match="rating|gap"):
         list(make_dataset(tmp_path / "bad", "test", batch_size=2))
+
+
+@pytest.mark.parametrize("mode", ["all_positions", "prefix", "eval"])
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_declared_cardinality_matches_the_data(prepared, mode, split):
+    ds = make_dataset(prepared, split, mode=mode, batch_size=1, shuffle=False)
+    # A wrong declared cardinality makes iteration fail at the end.
+    assert int(ds.cardinality()) == sum(1 for _ in ds)

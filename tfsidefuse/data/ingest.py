@@ -251,6 +251,7 @@ def encode(raw: RawDataset, *, max_len: int = 50, k_core: int | None = None,
         "train_sequences": int((lengths >= 4).sum()),
         "valid_examples": int(len(lengths)),
         "test_examples": int(len(lengths)),
+        "length_counts": {str(n): int(c) for n, c in zip(*np.unique(lengths, return_counts=True))},
     }
     if short.any():
         logger.warning("dropped %d users with fewer than %d events", int(short.sum()), MIN_EVENTS_PER_USER)

@@ -86,6 +86,22 @@ def _left_pad_batch(dataset: tf.data.Dataset, batch_size: int, max_len: int | No
     return dataset.map(reverse_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def count_examples(prepared: PreparedDataset, split: str, mode: str) -> int | None:
+    """Examples a split yields in a mode, from the prepared length statistics (None if unknown)."""
+    counts = prepared.stats.get("length_counts")
+    if counts is None:
+        return None
+    shift = {"train": 2, "valid": 1, "test": 0}[split]
+    total = 0
+    for n, users in counts.items():
+        length = int(n) - shift
+        if mode == "prefix":
+            total += users * max(length - 1, 0)
+        elif length >= 2:
+            total += users
+    return total
+
+
 def make_dataset(
     prepared: PreparedDataset | str,
     split: str,
@@ -188,6 +204,11 @@ def make_dataset(
         ds = ds.filter(lambda rec: tf.shape(rec[ITEM_ID])[0] >= 2)
         ds = ds.map(to_eval, num_parallel_calls=tf.data.AUTOTUNE)
     ds = _left_pad_batch(ds, batch_size, max_len if pad_to_max_len else None, drop_remainder)
+    examples = count_examples(prepared, split, mode)
+    if examples is not None:
+        # Known length: Keras shows a complete progress bar and does not warn at the end of each epoch.
+        batches = examples // batch_size if drop_remainder else -(-examples // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)

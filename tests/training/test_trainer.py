@@ -1,0 +1,120 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfsidefuse.config import RunConfig
+from tfsidefuse.data.pipeline import make_dataset
+from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
+from tfsidefuse.training import trainer
+
+
+def small_config(tmp_path, **training) -> RunConfig:
+    return RunConfig.from_dict(
+        {
+            "dataset": {
+                "source": "demo",
+                "prepared_dir": str(tmp_path / "data"),
+                "max_len": 20,
+                "num_shards": 2,
+                "demo": {"num_users": 800, "num_items": 200, "seed": 1},
+            },
+            "model": {"name": "sasrec", "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64,
+                      "dropout": 0.1, "attention_dropout": 0.1},
+            "training": {"run_dir": str(tmp_path / "run"), "epochs": 6, "batch_size": 64, "learning_rate": 5e-3,
+                         "patience": 6, "verbose": 0, **training},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("trained")
+    config = small_config(tmp_path)
+    return config, trainer.train(config)
+
+
+def test_fit_on_demo_beats_most_popular(trained):
+    config, result = trained
+    popular = evaluate_most_popular(config.dataset.prepared_dir, "test")
+    assert result.metrics["test"]["ndcg@10"] > popular["ndcg@10"] + 0.05
+    assert result.metrics["test"]["hr@10"] > popular["hr@10"]
+
+
+def test_run_directory_artifacts(trained):
+    config, result = trained
+    run = config.training.run_dir
+    for name in ("model.keras", "config.yaml", "metrics.json", "history.csv"):
+        assert os.path.exists(os.path.join(run, name)), name
+    assert os.listdir(os.path.join(run, "logs"))  # TensorBoard event files
+    assert not os.path.exists(os.path.join(run, "backup"))  # removed after a finished run
+    with open(os.path.join(run, "metrics.json")) as fh:
+        saved = json.load(fh)
+    assert saved["test"] == pytest.approx(result.metrics["test"])
+    assert saved["epochs_run"] == 6 and 1 <= saved["best_epoch"] <= 6
+    stats = trainer.PreparedDataset.open(config.dataset.prepared_dir).stats
+    assert saved["train_sequences"] == 6 * stats["train_sequences"] > 0
+    # The best epoch's weights were restored: the validation metric equals the best one logged.
+    best = max(result.history["val_ndcg@20"])
+    assert result.metrics["valid"]["ndcg@20"] == pytest.approx(best, abs=1e-6)
+
+
+def test_saved_model_reloads_with_equal_predictions(trained):
+    config, result = trained
+    model = trainer.load_trained(config.training.run_dir)
+    x, _ = next(iter(make_dataset(config.dataset.prepared_dir, "test", batch_size=32)))
+    np.testing.assert_allclose(model.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
+    reloaded = evaluate_model(model, config.dataset.prepared_dir, "test")
+    assert reloaded["ndcg@20"] == pytest.approx(result.metrics["test"]["ndcg@20"], abs=1e-6)
+    rows = trainer.evaluate(config, "test")
+    assert set(rows) == {"sasrec (test)", "most-popular (test)"}
+
+
+def test_prepare_is_reused_and_refuses_a_different_config(trained, tmp_path):
+    config, _ = trained
+    stamp = os.path.join(config.dataset.prepared_dir, trainer.PREPARE_FINGERPRINT)
+    before = os.path.getmtime(stamp)
+    trainer.prepare(config)
+    assert os.path.getmtime(stamp) == before
+    other = small_config(tmp_path)
+    other.dataset.prepared_dir = config.dataset.prepared_dir
+    other.dataset.max_len = 10
+    with pytest.raises(FileExistsError, match="different dataset config"):
+        trainer.prepare(other)
+
+
+class StopAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_killed_run_resumes_from_backup(tmp_path, monkeypatch):
+    config = small_config(tmp_path, epochs=3)
+    original = trainer.default_callbacks
+    monkeypatch.setattr(trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), StopAfter(1)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config)
+    assert os.path.isdir(os.path.join(config.training.run_dir, "backup"))
+    monkeypatch.setattr(trainer, "default_callbacks", original)
+    result = trainer.train(config)
+    # Epochs 1 and 2 were done before the kill; only epoch 3 runs again.
+    assert result.metrics["epochs_run"] == 1
+    with open(os.path.join(config.training.run_dir, "history.csv")) as fh:
+        epochs = [line.split(",")[0] for line in fh.read().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]
+
+
+def test_prefix_objective_trains(tmp_path):
+    config = small_config(tmp_path, objective="prefix", epochs=1)
+    result = trainer.train(config, evaluate_test=False)
+    assert result.model.train_on == "last_position"
+    assert result.metrics["train_sequences"] == trainer.PreparedDataset.open(
+        config.dataset.prepared_dir).stats["train_targets"]
+    assert "test" not in result.metrics
