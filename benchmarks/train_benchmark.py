@@ -58,9 +58,11 @@ def main(argv=None) -> int:
     for name, values in PUBLISHED.get((prepared.schema.name, config.model.name), {}).items():
         rows[f"{name} (test)"] = values
     print()
-    print(f"{config.model.name} on {prepared.schema.name}: {m['epochs_run']} epochs (best {m['best_epoch']}), "
-          f"wall {m['wall_seconds']:.0f} s, training {m['train_seconds']:.0f} s, "
-          f"{m['train_sequences_per_second']:.0f} training sequences/s ({config.training.objective})")
+    print(
+        f"{config.model.name} on {prepared.schema.name}: {m['epochs_run']} epochs (best {m['best_epoch']}), "
+        f"wall {m['wall_seconds']:.0f} s, training {m['train_seconds']:.0f} s, "
+        f"{m['train_sequences_per_second']:.0f} training sequences/s ({config.training.objective})"
+    )
     print(format_table(rows, COLUMNS))
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -11,8 +11,13 @@ from tfsidefuse.cli import main
 
 def write_config(tmp_path, **training):
     config = {
-        "dataset": {"source": "demo", "prepared_dir": str(tmp_path / "data"), "max_len": 15, "num_shards": 1,
-                    "demo": {"num_users": 300, "num_items": 80}},
+        "dataset": {
+            "source": "demo",
+            "prepared_dir": str(tmp_path / "data"),
+            "max_len": 15,
+            "num_shards": 1,
+            "demo": {"num_users": 300, "num_items": 80},
+        },
         "model": {"name": "sasrec", "hidden_dim": 16, "num_layers": 1, "num_heads": 1, "ff_dim": 32},
         "training": {"run_dir": str(tmp_path / "run"), "epochs": 2, "batch_size": 64, "verbose": 0, **training},
     }
@@ -35,7 +40,7 @@ def test_prepare_train_evaluate_run(tmp_path, capsys):
     assert main(["run", "--config", config]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["hr@5", "hr@10"])
-    assert [line.split()[0] for line in lines[header + 2:header + 5]] == ["sasrec", "sasrec", "most-popular"]
+    assert [line.split()[0] for line in lines[header + 2 : header + 5]] == ["sasrec", "sasrec", "most-popular"]
 
 
 def test_errors_exit_2_with_the_key_and_value(tmp_path, capsys):
@@ -53,8 +58,11 @@ def test_errors_exit_2_with_the_key_and_value(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(shutil.which("tfsidefuse") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "tfsidefuse")), reason="console script not installed")
+@pytest.mark.skipif(
+    shutil.which("tfsidefuse") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "tfsidefuse")),
+    reason="console script not installed",
+)
 def test_console_script_is_installed():
     exe = shutil.which("tfsidefuse") or os.path.join(os.path.dirname(sys.executable), "tfsidefuse")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)

@@ -12,9 +12,9 @@ from tfsidefuse.evaluation import evaluate_most_popular, format_table, item_popu
 def prepared(tmp_path):
     # Item tokens: p (very popular), q, r, s. Users' last events are the test targets.
     seqs = {
-        "u1": ["p", "p", "q", "p"],   # train p p   | valid q | test p
-        "u2": ["p", "q", "r", "q"],   # train p q   | valid r | test q
-        "u3": ["q", "p", "s", "s"],   # train q p   | valid s | test s
+        "u1": ["p", "p", "q", "p"],  # train p p   | valid q | test p
+        "u2": ["p", "q", "r", "q"],  # train p q   | valid r | test q
+        "u3": ["q", "p", "s", "s"],  # train q p   | valid s | test s
     }
     rows = [(u, i) for u, items in seqs.items() for i in items]
     raw = RawDataset("pop", pd.DataFrame(rows, columns=["user", "item"]))

@@ -54,8 +54,11 @@ def cmd_train(args) -> int:
 
     config = _load(args)
     result = train(config, evaluate_test=not args.no_test)
-    rows = {f"{config.model.name} ({split})": result.metrics[split] for split in ("valid", "test")
-            if split in result.metrics}
+    rows = {
+        f"{config.model.name} ({split})": result.metrics[split]
+        for split in ("valid", "test")
+        if split in result.metrics
+    }
     _print_rows(rows)
     print(f"model saved to {os.path.join(config.training.run_dir, 'model.keras')}")
     return 0
@@ -70,23 +73,37 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from tfsidefuse.config import load_config
     from tfsidefuse.evaluation import evaluate_most_popular
     from tfsidefuse.training.trainer import prepare, train
 
-    config = _load(args)
-    prepared = prepare(config, overwrite=args.overwrite)
-    print(f"dataset {prepared.schema.name}: {prepared.stats['users']} users, {prepared.stats['items']} items, "
-          f"{prepared.stats['interactions']} interactions (prepared in {prepared.directory})")
-    result = train(config, prepared)
-    rows = {
-        f"{config.model.name} (valid)": result.metrics["valid"],
-        f"{config.model.name} (test)": result.metrics["test"],
-        "most-popular (test)": evaluate_most_popular(prepared, "test"),
-    }
+    # Validate every config before any work starts.
+    configs = [load_config(path, _overrides(args.set)) for path in args.config]
+    rows, baselines, notes = {}, {}, []
+    several_datasets = len({c.dataset.prepared_dir for c in configs}) > 1
+    for config in configs:
+        prepared = prepare(config, overwrite=args.overwrite)
+        name = prepared.schema.name
+        print(
+            f"dataset {name}: {prepared.stats['users']} users, {prepared.stats['items']} items, "
+            f"{prepared.stats['interactions']} interactions (prepared in {prepared.directory})"
+        )
+        result = train(config, prepared)
+        m = result.metrics
+        label = f"{config.model.name} [{name}]" if several_datasets else config.model.name
+        rows[f"{label} (valid)"] = m["valid"]
+        rows[f"{label} (test)"] = m["test"]
+        notes.append(
+            f"{label}: {m['epochs_run']} epochs (best {m['best_epoch']}), training {m['train_seconds']:.1f} s, "
+            f"{m['train_sequences_per_second']:.0f} sequences/s"
+        )
+        if prepared.directory not in baselines:
+            baselines[prepared.directory] = (name, evaluate_most_popular(prepared, "test"))
+    for name, values in baselines.values():
+        label = f"most-popular [{name}]" if several_datasets else "most-popular"
+        rows[f"{label} (test)"] = values
     print()
-    print(f"epochs: {result.metrics['epochs_run']} (best {result.metrics['best_epoch']}), "
-          f"training {result.metrics['train_seconds']:.1f} s, "
-          f"{result.metrics['train_sequences_per_second']:.0f} sequences/s")
+    print("\n".join(notes))
     _print_rows(rows)
     return 0
 
@@ -99,9 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of every step")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name, fn, help_text):
+    def add(name, fn, help_text, many=False):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", required=True, help="YAML run configuration")
+        if many:
+            p.add_argument("--config", required=True, action="append", help="YAML run configuration (repeatable)")
+        else:
+            p.add_argument("--config", required=True, help="YAML run configuration")
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key")
         p.set_defaults(fn=fn)
         return p
@@ -113,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "evaluate a trained run with full-ranking metrics")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
-    p = add("run", cmd_run, "prepare (if needed), train and evaluate; print the metrics table")
+    p = add(
+        "run",
+        cmd_run,
+        "prepare (if needed), train and evaluate one or more configs; print one metrics table",
+        many=True,
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     return parser
 

@@ -267,8 +267,11 @@ def _build(section: str, cls, data: Any):
     for key, value in data.items():
         if not _type_ok(value, hints[key]):
             raise ConfigError(f"{section}.{key}: expected {hints[key]}, got {value!r} ({type(value).__name__})")
-    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING and n not in data]
+    missing = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in data
+    ]
     if missing:
         raise ConfigError(f"{section}: missing required key(s) {missing}")
     return cls(**data)
@@ -292,8 +295,11 @@ def _check_kwargs(where: str, params: dict, fn, exclude: tuple) -> None:
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: expected a mapping, got {params!r}")
     sig = inspect.signature(fn)
-    allowed = {n: p for n, p in sig.parameters.items()
-               if n not in exclude and n not in ("self", "kwargs") and p.kind != p.VAR_KEYWORD}
+    allowed = {
+        n: p
+        for n, p in sig.parameters.items()
+        if n not in exclude and n not in ("self", "kwargs") and p.kind != p.VAR_KEYWORD
+    }
     _check_keys(where, params, allowed)
     for key, value in list(params.items()):
         default = allowed[key].default

@@ -16,8 +16,15 @@ from tfsidefuse.metrics import ranking_metrics
 METRIC_ORDER = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 
 
-def evaluate_model(model, prepared: PreparedDataset | str, split: str = "test", *, batch_size: int = 512,
-                   features: list[str] | None = None, verbose: int = 0) -> dict[str, float]:
+def evaluate_model(
+    model,
+    prepared: PreparedDataset | str,
+    split: str = "test",
+    *,
+    batch_size: int = 512,
+    features: list[str] | None = None,
+    verbose: int = 0,
+) -> dict[str, float]:
     """Full-ranking metrics of a compiled :class:`NextItemModel` on a split.
 
     Returns:
@@ -42,8 +49,9 @@ def item_popularity(prepared: PreparedDataset | str) -> np.ndarray:
     return counts
 
 
-def evaluate_most_popular(prepared: PreparedDataset | str, split: str = "test", *,
-                          batch_size: int = 1024) -> dict[str, float]:
+def evaluate_most_popular(
+    prepared: PreparedDataset | str, split: str = "test", *, batch_size: int = 1024
+) -> dict[str, float]:
     """Metrics of the baseline that ranks every user's items by training popularity.
 
     Ties between equally popular items are broken by a tiny deterministic

@@ -83,8 +83,12 @@ def test_feature_selection_and_errors(tiny_raw):
     empty = RawDataset("e", pd.DataFrame({"user": ["a", "a"], "item": ["x", "y"]}))
     with pytest.raises(SchemaError, match="no user has 3 or more interactions"):
         encode(empty)
-    bad = RawDataset("b", tiny_raw.interactions, pd.DataFrame({"item": ["x"], "cat": ["c1"]}),
-                     [FeatureSpec("cat", "item", "multi_categorical", max_values=2)])
+    bad = RawDataset(
+        "b",
+        tiny_raw.interactions,
+        pd.DataFrame({"item": ["x"], "cat": ["c1"]}),
+        [FeatureSpec("cat", "item", "multi_categorical", max_values=2)],
+    )
     with pytest.raises(SchemaError, match="item 'x' has value 'c1'"):
         encode(bad)
     with pytest.raises(SchemaError, match="needs column 'brand'"):

@@ -29,8 +29,9 @@ def test_prepared_directory_round_trip(prepared, tiny_raw):
     records = {}
     for split in ("train", "valid", "test"):
         ds = tf.data.TFRecordDataset(prepared.files(split)).map(lambda s: parse_sequence_examples(s, prepared.schema))
-        records[split] = sorted((int(r["user_id"]), r["item_id"].numpy().tolist(), r["rating"].numpy().tolist())
-                                for r in ds)
+        records[split] = sorted(
+            (int(r["user_id"]), r["item_id"].numpy().tolist(), r["rating"].numpy().tolist()) for r in ds
+        )
     assert records["test"] == [(2, [2, 3, 4, 4], [5, 4, 6, 3]), (3, [2, 3, 5], [2, 2, 3])]
     assert records["valid"] == [(2, [2, 3, 4], [5, 4, 6]), (3, [2, 3], [2, 2])]
     assert records["train"] == [(2, [2, 3], [5, 4]), (3, [2], [2])]
@@ -51,15 +52,15 @@ def test_eval_mode_left_pads_and_truncates(prepared):
 
 
 def test_all_positions_and_prefix_modes(prepared):
-    (x, y), = batches(make_dataset(prepared, "test", mode="all_positions", batch_size=4, shuffle=False))
+    ((x, y),) = batches(make_dataset(prepared, "test", mode="all_positions", batch_size=4, shuffle=False))
     rows = {tuple(i): tuple(t) for i, t in zip(x["item_ids"], y)}
     # a: inputs y z x -> labels z x x; b: inputs y z -> labels z w (left-padded to the batch's longest).
     assert rows == {(2, 3, 4): (3, 4, 4), (0, 2, 3): (0, 3, 5)}
     got = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False))
-    (x, y), = got
+    ((x, y),) = got
     prefixes = sorted((tuple(v for v in i if v), t) for i, t in zip(x["item_ids"], y))
     assert prefixes == sorted([((2,), 3), ((2, 3), 4), ((2, 3, 4), 4), ((2,), 3), ((2, 3), 5)])
-    (x, y), = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False, max_len=1))
+    ((x, y),) = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False, max_len=1))
     assert all(len(i) == 1 for i in x["item_ids"])
 
 
@@ -84,13 +85,15 @@ def test_shuffle_is_seeded_and_covers_every_user(tmp_path):
 
     users = np.repeat(np.arange(50), 4).astype(str)
     items = np.tile(["a", "b", "c", "d"], 50)
-    prepared = PreparedDataset.open(write_prepared(encode(RawDataset("many", pd.DataFrame(
-        {"user": users, "item": items}))), tmp_path / "many", num_shards=3))
+    prepared = PreparedDataset.open(
+        write_prepared(
+            encode(RawDataset("many", pd.DataFrame({"user": users, "item": items}))), tmp_path / "many", num_shards=3
+        )
+    )
 
     def order(seed):
         ds = make_dataset(prepared, "test", batch_size=8, shuffle=True, seed=seed, shuffle_buffer=64)
-        return [tuple(v) for x, _ in ds for v in x["item_ids"].numpy().tolist()], sum(
-            int(y.shape[0]) for _, y in ds)
+        return [tuple(v) for x, _ in ds for v in x["item_ids"].numpy().tolist()], sum(int(y.shape[0]) for _, y in ds)
 
     first, n = order(1)
     assert order(1)[0] == first and n == 50

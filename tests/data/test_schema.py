@@ -47,8 +47,9 @@ def test_invalid_feature_names_the_bad_value(kwargs, message):
 
 def test_schema_rejects_unknown_keys_and_duplicates(tmp_path):
     with pytest.raises(SchemaError, match=r"unknown key\(s\) \['colour'\]"):
-        DatasetSchema.from_dict({"name": "a", "features": [{"name": "b", "level": "item", "kind": "categorical",
-                                                           "colour": 1}]})
+        DatasetSchema.from_dict(
+            {"name": "a", "features": [{"name": "b", "level": "item", "kind": "categorical", "colour": 1}]}
+        )
     with pytest.raises(SchemaError, match=r"unknown key\(s\) \['maxlen'\]"):
         DatasetSchema.from_dict({"name": "a", "maxlen": 3})
     with pytest.raises(SchemaError, match=r"duplicate feature name\(s\) \['b'\]"):

@@ -160,7 +160,9 @@ def test_gradients_reach_every_weight():
     inputs = {"item_ids": ITEM_IDS}
     model(inputs)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
-    assert_gradients_reach_every_weight(model.trainable_variables, lambda: loss(LABELS, model(inputs, training=True, all_positions=True)))
+    assert_gradients_reach_every_weight(
+        model.trainable_variables, lambda: loss(LABELS, model(inputs, training=True, all_positions=True))
+    )
     assert len(model.trainable_variables) == len(model.backbone.trainable_variables)
 
 

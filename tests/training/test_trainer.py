@@ -21,10 +21,24 @@ def small_config(tmp_path, **training) -> RunConfig:
                 "num_shards": 2,
                 "demo": {"num_users": 800, "num_items": 200, "seed": 1},
             },
-            "model": {"name": "sasrec", "hidden_dim": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64,
-                      "dropout": 0.1, "attention_dropout": 0.1},
-            "training": {"run_dir": str(tmp_path / "run"), "epochs": 6, "batch_size": 64, "learning_rate": 5e-3,
-                         "patience": 6, "verbose": 0, **training},
+            "model": {
+                "name": "sasrec",
+                "hidden_dim": 32,
+                "num_layers": 1,
+                "num_heads": 2,
+                "ff_dim": 64,
+                "dropout": 0.1,
+                "attention_dropout": 0.1,
+            },
+            "training": {
+                "run_dir": str(tmp_path / "run"),
+                "epochs": 6,
+                "batch_size": 64,
+                "learning_rate": 5e-3,
+                "patience": 6,
+                "verbose": 0,
+                **training,
+            },
         }
     )
 
@@ -115,6 +129,8 @@ def test_prefix_objective_trains(tmp_path):
     config = small_config(tmp_path, objective="prefix", epochs=1)
     result = trainer.train(config, evaluate_test=False)
     assert result.model.train_on == "last_position"
-    assert result.metrics["train_sequences"] == trainer.PreparedDataset.open(
-        config.dataset.prepared_dir).stats["train_targets"]
+    assert (
+        result.metrics["train_sequences"]
+        == trainer.PreparedDataset.open(config.dataset.prepared_dir).stats["train_targets"]
+    )
     assert "test" not in result.metrics

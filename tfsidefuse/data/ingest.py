@@ -129,8 +129,9 @@ def _as_token_lists(column: pd.Series, spec: FeatureSpec) -> list[list[str]]:
     return out
 
 
-def _item_feature_table(items: pd.DataFrame, item_vocab: list[str], spec: FeatureSpec,
-                        vocabularies: dict[str, list[str]]) -> np.ndarray:
+def _item_feature_table(
+    items: pd.DataFrame, item_vocab: list[str], spec: FeatureSpec, vocabularies: dict[str, list[str]]
+) -> np.ndarray:
     by_item = items.assign(**{ITEM: items[ITEM].astype(str)}).drop_duplicates(ITEM).set_index(ITEM)
     column = by_item[spec.source_column].reindex(item_vocab[NUM_RESERVED_IDS:])
     width = spec.max_values
@@ -143,7 +144,9 @@ def _item_feature_table(items: pd.DataFrame, item_vocab: list[str], spec: Featur
     if spec.kind == "categorical":
         too_many = [(item_vocab[i + 2], v) for i, v in enumerate(lists) if len(v) > 1]
         if too_many:
-            raise SchemaError(f"feature {spec.name!r} is categorical but item {too_many[0][0]!r} has {too_many[0][1]!r}")
+            raise SchemaError(
+                f"feature {spec.name!r} is categorical but item {too_many[0][0]!r} has {too_many[0][1]!r}"
+            )
     flat = pd.Series([tok for toks in lists for tok in toks[:width]], name=spec.name, dtype=object)
     vocab = _vocabulary(flat, "frequency")
     vocabularies[spec.name] = vocab
@@ -157,8 +160,9 @@ def _item_feature_table(items: pd.DataFrame, item_vocab: list[str], spec: Featur
     return table
 
 
-def encode(raw: RawDataset, *, max_len: int = 50, k_core: int | None = None,
-           features: list[str] | None = None) -> EncodedDataset:
+def encode(
+    raw: RawDataset, *, max_len: int = 50, k_core: int | None = None, features: list[str] | None = None
+) -> EncodedDataset:
     """Encodes a raw dataset: vocabularies, sorted sequences, side features.
 
     Args:

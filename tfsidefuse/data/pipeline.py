@@ -57,12 +57,14 @@ def _window(sequences: dict[str, tf.Tensor], start, stop, max_len: int) -> dict[
     return {(ITEM_IDS if name == ITEM_ID else name): seq[begin:stop] for name, seq in sequences.items()}
 
 
-def _left_pad_batch(dataset: tf.data.Dataset, batch_size: int, max_len: int | None,
-                    drop_remainder: bool) -> tf.data.Dataset:
+def _left_pad_batch(
+    dataset: tf.data.Dataset, batch_size: int, max_len: int | None, drop_remainder: bool
+) -> tf.data.Dataset:
     """Batches variable-length examples, padding on the left with 0.
 
     ``padded_batch`` pads on the right, so sequences are reversed before and after.
     """
+
     def reverse_example(inputs, labels):
         inputs = {k: tf.reverse(v, [0]) for k, v in inputs.items()}
         if labels.shape.rank == 1:

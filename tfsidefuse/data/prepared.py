@@ -76,8 +76,9 @@ def _write_split(encoded: EncodedDataset, split: str, directory: str, num_shards
     return count
 
 
-def write_prepared(encoded: EncodedDataset, directory: str | os.PathLike, *, num_shards: int = 4,
-                   overwrite: bool = False) -> str:
+def write_prepared(
+    encoded: EncodedDataset, directory: str | os.PathLike, *, num_shards: int = 4, overwrite: bool = False
+) -> str:
     """Writes an encoded dataset as a prepared-dataset directory, atomically.
 
     Args:

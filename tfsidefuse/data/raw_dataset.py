@@ -46,12 +46,16 @@ class RawDataset:
         where = f"dataset {self.name!r}"
         for col in (USER, ITEM):
             if col not in self.interactions.columns:
-                raise SchemaError(f"{where}: interactions lack column {col!r}; columns are {list(self.interactions.columns)}")
+                raise SchemaError(
+                    f"{where}: interactions lack column {col!r}; columns are {list(self.interactions.columns)}"
+                )
         for f in self.features:
             if f.level == "interaction":
                 needed = TIME if f.transform == "time_gap" else f.source_column
                 if needed not in self.interactions.columns:
-                    raise SchemaError(f"{where}: interaction feature {f.name!r} needs column {needed!r} in interactions")
+                    raise SchemaError(
+                        f"{where}: interaction feature {f.name!r} needs column {needed!r} in interactions"
+                    )
             else:
                 if self.items is None or f.source_column not in self.items.columns:
                     raise SchemaError(f"{where}: item feature {f.name!r} needs column {f.source_column!r} in items")

@@ -108,7 +108,9 @@ class FeatureSpec:
             if self.boundaries is not None:
                 b = [float(x) for x in self.boundaries]
                 if any(math.isnan(x) for x in b) or any(x >= y for x, y in zip(b, b[1:])):
-                    raise SchemaError(f"{where}: boundaries must be strictly increasing numbers, got {self.boundaries!r}")
+                    raise SchemaError(
+                        f"{where}: boundaries must be strictly increasing numbers, got {self.boundaries!r}"
+                    )
                 self.boundaries = b
             if self.num_buckets is not None and (not isinstance(self.num_buckets, int) or self.num_buckets < 2):
                 raise SchemaError(f"{where}: num_buckets must be an int >= 2, got {self.num_buckets!r}")
@@ -129,8 +131,11 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        _check_keys(f"feature {data.get('name', '?')!r}" if isinstance(data, dict) else "feature",
-                    data, {f.name for f in dataclasses.fields(cls)})
+        _check_keys(
+            f"feature {data.get('name', '?')!r}" if isinstance(data, dict) else "feature",
+            data,
+            {f.name for f in dataclasses.fields(cls)},
+        )
         for key in ("name", "level", "kind"):
             if key not in data:
                 raise SchemaError(f"feature {data.get('name', '?')!r}: missing required key {key!r}")

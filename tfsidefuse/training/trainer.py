@@ -65,9 +65,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
             if json.load(fh) == fingerprint:
                 logger.info("reusing prepared dataset %s", target)
                 return PreparedDataset.open(target)
-        raise FileExistsError(
-            f"{target} was prepared from a different dataset config; pass --overwrite to replace it"
-        )
+        raise FileExistsError(f"{target} was prepared from a different dataset config; pass --overwrite to replace it")
     raw = read_raw(ds_cfg)
     encoded = encode(raw, max_len=ds_cfg.max_len, k_core=ds_cfg.k_core, features=ds_cfg.features)
     write_prepared(encoded, target, num_shards=ds_cfg.num_shards, overwrite=overwrite or os.path.exists(target))
@@ -123,8 +121,15 @@ def train(config: RunConfig, prepared: PreparedDataset | None = None, *, evaluat
     keras.utils.set_random_seed(t.seed)
 
     mode = "prefix" if t.objective == "prefix" else "all_positions"
-    train_ds = make_dataset(prepared, "train", mode=mode, batch_size=t.batch_size, seed=t.seed,
-                            shuffle_buffer=t.shuffle_buffer, cache=t.cache)
+    train_ds = make_dataset(
+        prepared,
+        "train",
+        mode=mode,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        shuffle_buffer=t.shuffle_buffer,
+        cache=t.cache,
+    )
     valid_ds = make_dataset(prepared, "valid", mode="eval", batch_size=t.eval_batch_size, cache=t.cache)
     model = create_model(config, prepared)
     per_epoch = prepared.stats["train_targets" if mode == "prefix" else "train_sequences"]
@@ -176,8 +181,11 @@ def evaluate(config: RunConfig, split: str = "test", *, with_baseline: bool = Tr
     """Evaluates the trained model of a config's run directory (and the most-popular baseline)."""
     prepared = PreparedDataset.open(config.dataset.prepared_dir)
     model = load_trained(config.training.run_dir)
-    rows = {f"{config.model.name} ({split})": evaluate_model(model, prepared, split,
-                                                             batch_size=config.training.eval_batch_size)}
+    rows = {
+        f"{config.model.name} ({split})": evaluate_model(
+            model, prepared, split, batch_size=config.training.eval_batch_size
+        )
+    }
     if with_baseline:
         rows[f"most-popular ({split})"] = evaluate_most_popular(prepared, split)
     return rows
