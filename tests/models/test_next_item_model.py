@@ -17,7 +17,7 @@ def _model(dropout: float = 0.0, **kwargs) -> NextItemModel:
     keras.utils.set_random_seed(0)
     backbone = SASRecBackbone(
         num_items=NUM_ITEMS,
-        max_len=10,
+        max_len=kwargs.pop("max_len", 10),
         hidden_dim=8,
         num_heads=2,
         ff_dim=16,
@@ -210,3 +210,30 @@ def test_invalid_arguments(kwargs, bad):
         _model(**kwargs)
     with pytest.raises(ValueError, match="Backbone"):
         NextItemModel(keras.layers.Dense(4))
+
+
+def test_bad_input_fallbacks_and_errors():
+    model = _model()
+    base = np.asarray(model({"item_ids": ITEM_IDS}))
+    # Unknown ids (out of range, negative) are scored as the OOV id 1.
+    unknown = ITEM_IDS.copy()
+    unknown[1, 2] = NUM_ITEMS + 50
+    unknown[1, 3] = -3
+    as_oov = ITEM_IDS.copy()
+    as_oov[1, 2] = as_oov[1, 3] = 1
+    np.testing.assert_allclose(model({"item_ids": unknown}), model({"item_ids": as_oov}), atol=1e-6)
+    # Too long: the most recent max_len events are used at inference.
+    longer = np.concatenate([np.full((3, 4), 7, dtype="int32"), ITEM_IDS], axis=1)
+    short_model = _model(max_len=ITEM_IDS.shape[1])
+    np.testing.assert_allclose(
+        short_model({"item_ids": longer}), short_model({"item_ids": ITEM_IDS}), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="10 slots but the model was built for max_len=6"):
+        short_model({"item_ids": longer}, training=True, all_positions=True)
+    with pytest.raises(ValueError, match="must be integer ids; got dtype float32"):
+        model({"item_ids": ITEM_IDS.astype("float32")})
+    with pytest.raises(ValueError, match=r"shape \[batch, seq_len\]; got shape \(3,\)"):
+        model({"item_ids": ITEM_IDS[:, 0]})
+    with pytest.raises(ValueError, match="'item_ids' entry; got \\['items'\\]"):
+        model({"items": ITEM_IDS})
+    assert base.shape == (3, NUM_ITEMS)

@@ -102,6 +102,7 @@ class NextItemModel(keras.Model):
         if all_positions is None:
             all_positions = bool(training) and self.train_on == "all_positions"
             packed = all_positions and self._packs_positions()
+        inputs = self._sanitize(inputs, keep_last=not all_positions)
         hidden = self.backbone(inputs, training=training)
         if packed:
             # Score only the real (non-padding) slots: [num_real_slots, d].
@@ -114,6 +115,39 @@ class NextItemModel(keras.Model):
         if all_positions or training:
             return logits
         return self._exclude(logits, inputs["item_ids"])
+
+    def _sanitize(self, inputs: dict[str, Any], keep_last: bool) -> dict[str, Any]:
+        """Documented fallbacks for out-of-range input.
+
+        - Item ids outside `[0, num_items)` become the OOV id 1 (an
+          out-of-range gather is an error on CPU and silently zero on GPU).
+        - Sequences longer than `max_len`: for last-position scoring only the
+          most recent `max_len` events are kept; for all-position outputs,
+          which must align with per-slot labels, a statically known longer
+          length is an error.
+        """
+        if not isinstance(inputs, dict) or "item_ids" not in inputs:
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ValueError(f"inputs must be a dict with an 'item_ids' entry; got {got}")
+        ids = ops.convert_to_tensor(inputs["item_ids"])
+        if len(ids.shape) != 2:
+            raise ValueError(f"'item_ids' must have shape [batch, seq_len]; got shape {tuple(ids.shape)}")
+        if "int" not in str(ids.dtype):
+            raise ValueError(f"'item_ids' must be integer ids; got dtype {keras.backend.standardize_dtype(ids.dtype)}")
+        ids = ops.cast(ids, "int32")
+        in_range = ops.logical_and(ids >= 0, ids < self.backbone.num_items)
+        out = dict(inputs)
+        out["item_ids"] = ops.where(in_range, ids, ops.ones_like(ids))
+        max_len = self.backbone.max_len
+        seq_len = ids.shape[1]
+        if keep_last:
+            out = {k: (v[:, -max_len:] if len(ops.shape(v)) == 2 else v) for k, v in out.items()}
+        elif seq_len is not None and seq_len > max_len:
+            raise ValueError(
+                f"'item_ids' has {seq_len} slots but the model was built for max_len={max_len}; "
+                "truncate sequences to the most recent max_len events (the data pipeline does)"
+            )
+        return out
 
     def _packs_positions(self) -> bool:
         """Whether all-position training scores the real slots only.
