@@ -99,10 +99,21 @@ class ModelConfig:
     params: dict = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        from tfsidefuse.models.registry import BACKBONES
+        from tfsidefuse.models.registry import BACKBONES, FEATURES_PARAM, side_feature_params
 
         _one_of("model.name", self.name, tuple(BACKBONES))
-        _check_kwargs("model", self.params, BACKBONES[self.name], exclude=("num_items", "max_len"))
+        backbone = BACKBONES[self.name]
+        # Side features are derived from the dataset schema; a config only selects them by name.
+        derived = side_feature_params(backbone)
+        params = self.params
+        if derived and isinstance(params, dict) and FEATURES_PARAM in params:
+            features = params[FEATURES_PARAM]
+            if not isinstance(features, list) or not all(isinstance(n, str) for n in features):
+                raise ConfigError(f"model.{FEATURES_PARAM}: expected a list of feature names, got {features!r}")
+            params = {k: v for k, v in params.items() if k != FEATURES_PARAM}
+        _check_kwargs("model", params, backbone, exclude=("num_items", "max_len", *derived))
+        if params is not self.params:
+            self.params.update(params)  # keep the values `_check_kwargs` coerced
 
 
 @dataclasses.dataclass

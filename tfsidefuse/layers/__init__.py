@@ -1,19 +1,23 @@
 """Shared layers: embeddings, masks, attention and the transformer block."""
 
+from tfsidefuse.layers.embedding_fusion import EmbeddingFusion
 from tfsidefuse.layers.item_embedding import ItemEmbedding
 from tfsidefuse.layers.item_feature_lookup import ItemFeatureLookup
 from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.layers.position_embedding import PositionEmbedding
 from tfsidefuse.layers.self_attention import SelfAttention
 from tfsidefuse.layers.side_feature_embedding import SideFeatureEmbedding
+from tfsidefuse.layers.side_information_embedding import SideInformationEmbedding
 from tfsidefuse.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "EmbeddingFusion",
     "ItemEmbedding",
     "ItemFeatureLookup",
     "PositionEmbedding",
     "SelfAttention",
     "SideFeatureEmbedding",
+    "SideInformationEmbedding",
     "TransformerBlock",
     "attention_mask",
     "padding_mask",

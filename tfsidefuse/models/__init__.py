@@ -3,5 +3,6 @@
 from tfsidefuse.models.backbone import Backbone
 from tfsidefuse.models.next_item_model import NextItemModel
 from tfsidefuse.models.sasrec import SASRecBackbone
+from tfsidefuse.models.sasrec_f import SASRecFBackbone
 
-__all__ = ["Backbone", "NextItemModel", "SASRecBackbone"]
+__all__ = ["Backbone", "NextItemModel", "SASRecBackbone", "SASRecFBackbone"]

@@ -2,36 +2,126 @@
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 
 from tfsidefuse.models.next_item_model import NextItemModel
 from tfsidefuse.models.sasrec.sasrec_backbone import SASRecBackbone
+from tfsidefuse.models.sasrec_f.sasrec_f_backbone import SASRecFBackbone
 
 #: Config name -> backbone class. Each class takes ``num_items`` and ``max_len``
 #: (from the dataset) plus its own hyper-parameters.
 BACKBONES = {
     "sasrec": SASRecBackbone,
+    "sasrec_f": SASRecFBackbone,
 }
+
+#: Constructor parameter -> schema level of the side features derived for it.
+SIDE_FEATURE_PARAMS = {"item_features": "item", "interaction_features": "interaction"}
+#: The model param that restricts the side features to a subset of the schema's.
+FEATURES_PARAM = "features"
+
+
+def side_feature_params(backbone_cls: type) -> tuple[str, ...]:
+    """The side-feature parameters (``item_features``, ``interaction_features``) a backbone's constructor takes.
+
+    They are derived from the dataset schema by :func:`build_backbone`, never
+    given in a config; a backbone that takes any of them accepts the model
+    param ``features`` instead.
+    """
+    parameters = inspect.signature(backbone_cls).parameters
+    return tuple(name for name in SIDE_FEATURE_PARAMS if name in parameters)
+
+
+def _side_features(name: str, derived: tuple[str, ...], schema, selected: list[str] | None) -> dict[str, list]:
+    """The schema's features of the levels a backbone reads, restricted to ``selected``, by constructor param."""
+    levels = {SIDE_FEATURE_PARAMS[param] for param in derived}
+    available = [f for f in schema.features if f.level in levels]
+    if selected is not None:
+        if isinstance(selected, str) or not isinstance(selected, (list, tuple)):
+            raise ValueError(f"model {name!r}: `features` must be a list of feature names, got {selected!r}")
+        unknown = [n for n in selected if n not in {f.name for f in available}]
+        if unknown:
+            raise ValueError(
+                f"model {name!r}: unknown feature(s) {unknown} in `features`; available: {[f.name for f in available]}"
+            )
+        available = [f for f in available if f.name in set(selected)]
+    for f in available:
+        if f.vocab_size is None:
+            raise ValueError(f"feature {f.name!r} has no vocab_size; prepare the dataset before building a model")
+    return {
+        "item_features": [
+            {"name": f.name, "vocab_size": f.vocab_size, "max_values": f.max_values}
+            for f in available
+            if f.level == "item"
+        ],
+        "interaction_features": [
+            {"name": f.name, "vocab_size": f.vocab_size} for f in available if f.level == "interaction"
+        ],
+    }
 
 
 def build_backbone(name: str, params: dict, *, schema, item_feature_tables: dict | None = None) -> keras.layers.Layer:
     """Instantiates a backbone for a dataset schema.
 
+    For backbones that read side features (constructor parameters
+    ``item_features`` / ``interaction_features``), the features come from the
+    schema: all those of the levels the backbone reads, or those named by the
+    param ``features``. The tables of the selected item features are then
+    assigned from ``item_feature_tables``.
+
     Args:
         name: a key of :data:`BACKBONES`.
-        params: the backbone's hyper-parameters.
+        params: the backbone's hyper-parameters, plus ``features`` (a list of
+            feature names) for backbones that read side features.
         schema: the prepared dataset's :class:`~tfsidefuse.data.schema.DatasetSchema`.
-        item_feature_tables: item id -> attribute ids per item-level feature
-            (used by backbones that read item attributes).
+        item_feature_tables: item id -> attribute ids per item-level feature.
+            ``None`` leaves the item tables empty (all padding), for a model
+            whose weights, tables included, are loaded afterwards.
+
+    Raises:
+        ValueError: on an unknown model name, an unknown feature name, side
+            features asked of a backbone that reads none, or a missing table.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
-    del item_feature_tables  # no registered backbone reads item attributes yet
-    return BACKBONES[name](num_items=schema.num_items, max_len=schema.max_len, **params)
+    backbone_cls = BACKBONES[name]
+    params = dict(params)
+    derived = side_feature_params(backbone_cls)
+    given = sorted(set(params) & set(SIDE_FEATURE_PARAMS))
+    if given:
+        raise ValueError(
+            f"model {name!r}: {given} are derived from the dataset schema; select features with `features`"
+        )
+    if not derived:
+        if FEATURES_PARAM in params:
+            raise ValueError(f"model {name!r} reads no side features; remove `features` from its params")
+        return backbone_cls(num_items=schema.num_items, max_len=schema.max_len, **params)
+
+    features = _side_features(name, derived, schema, params.pop(FEATURES_PARAM, None))
+    params.update({param: features[param] for param in derived})
+    backbone = backbone_cls(num_items=schema.num_items, max_len=schema.max_len, **params)
+    item_features = params.get("item_features", [])
+    if item_features and item_feature_tables is not None:
+        missing = [f["name"] for f in item_features if f["name"] not in item_feature_tables]
+        if missing:
+            raise ValueError(
+                f"model {name!r}: no item-feature table for {missing}; available tables: {sorted(item_feature_tables)}"
+            )
+        backbone.set_item_feature_tables({f["name"]: item_feature_tables[f["name"]] for f in item_features})
+    return backbone
 
 
-def build_model(name: str, params: dict, *, schema, item_feature_tables: dict | None = None,
-                train_on: str = "all_positions", exclude_history: bool = False) -> NextItemModel:
+def build_model(
+    name: str,
+    params: dict,
+    *,
+    schema,
+    item_feature_tables: dict | None = None,
+    train_on: str = "all_positions",
+    exclude_history: bool = False,
+) -> NextItemModel:
     """A :class:`NextItemModel` around the named backbone."""
     backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)
     return NextItemModel(backbone, train_on=train_on, exclude_history=exclude_history)

@@ -128,9 +128,24 @@ class SASRecBackbone(Backbone):
             self.transformer_layers.append(block)
         self.built = True
 
+    def input_embeddings(self, inputs: dict[str, Any], padding_mask: Any) -> Any:
+        """The per-slot input `x + P` of the encoder, before its layer norm and dropout.
+
+        SASRec adds item and position embeddings; backbones that differ from
+        SASRec only by their input (SASRec_F) override this method.
+
+        Args:
+            inputs: the call's input dict.
+            padding_mask: bool `[batch, seq_len]`, `True` at real items.
+
+        Returns:
+            `[batch, seq_len, hidden_dim]`.
+        """
+        return self.item_embedding(inputs["item_ids"]) + self.position_embedding(padding_mask)
+
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
         mask = padding_mask(inputs["item_ids"])
-        x = self.item_embedding(inputs["item_ids"]) + self.position_embedding(mask)
+        x = self.input_embeddings(inputs, mask)
         x = self.embeddings_dropout(self.embeddings_layer_norm(x), training=training)
         causal_mask = attention_mask(mask, causal=True)
         for block in self.transformer_layers:

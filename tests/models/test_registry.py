@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+from tfsidefuse.config import ConfigError, ModelConfig
+from tfsidefuse.data.schema import DatasetSchema, FeatureSpec
+from tfsidefuse.models import NextItemModel, SASRecBackbone, SASRecFBackbone
+from tfsidefuse.models.registry import BACKBONES, build_backbone, build_model, side_feature_params
+
+NUM_ITEMS = 12
+SCHEMA = DatasetSchema(
+    "tiny",
+    features=[
+        FeatureSpec("category", "item", "multi_categorical", max_values=2, vocab_size=6),
+        FeatureSpec("rating", "interaction", "categorical", vocab_size=7),
+        FeatureSpec("brand", "item", "categorical", vocab_size=4),
+    ],
+    num_items=NUM_ITEMS,
+    max_len=6,
+)
+RNG = np.random.default_rng(0)
+TABLES = {"category": RNG.integers(0, 6, size=(NUM_ITEMS, 2)), "brand": RNG.integers(0, 4, size=(NUM_ITEMS, 1))}
+for _table in TABLES.values():
+    _table[0] = 0
+PARAMS = {"hidden_dim": 8, "num_heads": 2, "ff_dim": 16, "num_layers": 1}
+INPUTS = {"item_ids": np.array([[0, 3, 5, 7]], dtype="int32"), "rating": np.array([[0, 2, 6, 3]], dtype="int32")}
+
+
+def _lookup_tables(backbone: SASRecFBackbone) -> dict[str, np.ndarray]:
+    side = backbone.side_information_embedding
+    return {f["name"]: np.asarray(lookup.table) for f, lookup in zip(side.item_features, side.item_feature_lookups)}
+
+
+def test_registered_backbones():
+    assert BACKBONES["sasrec"] is SASRecBackbone
+    assert BACKBONES["sasrec_f"] is SASRecFBackbone
+    assert side_feature_params(SASRecBackbone) == ()
+    assert side_feature_params(SASRecFBackbone) == ("item_features", "interaction_features")
+
+
+def test_builds_sasrec_f_with_every_schema_feature():
+    backbone = build_backbone("sasrec_f", PARAMS, schema=SCHEMA, item_feature_tables=TABLES)
+    assert (backbone.num_items, backbone.max_len, backbone.hidden_dim) == (NUM_ITEMS, 6, 8)
+    assert backbone.item_features == [
+        {"name": "category", "vocab_size": 6, "max_values": 2},
+        {"name": "brand", "vocab_size": 4, "max_values": 1},
+    ]
+    assert backbone.interaction_features == [{"name": "rating", "vocab_size": 7}]
+    tables = _lookup_tables(backbone)
+    assert sorted(tables) == ["brand", "category"]
+    for name, table in tables.items():
+        np.testing.assert_array_equal(table, TABLES[name])
+    assert tuple(backbone(INPUTS).shape) == (1, 4, 8)
+
+
+def test_features_param_selects_features():
+    params = {**PARAMS, "features": ["rating", "category"], "fusion": "gate"}
+    model = build_model("sasrec_f", params, schema=SCHEMA, item_feature_tables=TABLES, train_on="last_position")
+    assert params["features"] == ["rating", "category"]  # the caller's params are left alone
+    assert isinstance(model, NextItemModel) and model.train_on == "last_position"
+    backbone = model.backbone
+    assert [f["name"] for f in backbone.item_features] == ["category"]
+    assert [f["name"] for f in backbone.interaction_features] == ["rating"]
+    assert backbone.fusion == "gate"
+    np.testing.assert_array_equal(_lookup_tables(backbone)["category"], TABLES["category"])
+    assert tuple(model(INPUTS).shape) == (1, NUM_ITEMS)
+
+    only_items = build_backbone(
+        "sasrec_f", {**PARAMS, "features": ["brand"]}, schema=SCHEMA, item_feature_tables=TABLES
+    )
+    assert only_items.interaction_features == []
+    assert tuple(only_items({"item_ids": INPUTS["item_ids"]}).shape) == (1, 4, 8)
+
+    none = build_backbone("sasrec_f", {**PARAMS, "features": []}, schema=SCHEMA, item_feature_tables=TABLES)
+    assert none.item_features == none.interaction_features == []
+
+
+def test_unknown_feature_lists_available_ones():
+    with pytest.raises(ValueError, match=r"unknown feature\(s\) \['colour'\].*\['category', 'rating', 'brand'\]"):
+        build_backbone("sasrec_f", {**PARAMS, "features": ["colour"]}, schema=SCHEMA, item_feature_tables=TABLES)
+
+
+def test_rejects_side_features_where_they_do_not_belong():
+    with pytest.raises(ValueError, match="reads no side features"):
+        build_backbone("sasrec", {**PARAMS, "features": ["category"]}, schema=SCHEMA)
+    with pytest.raises(ValueError, match="derived from the dataset schema"):
+        build_backbone("sasrec_f", {**PARAMS, "item_features": []}, schema=SCHEMA)
+    with pytest.raises(ValueError, match=r"no item-feature table for \['brand'\]"):
+        build_backbone("sasrec_f", PARAMS, schema=SCHEMA, item_feature_tables={"category": TABLES["category"]})
+    with pytest.raises(ValueError, match="unknown model 'gru4rec'"):
+        build_backbone("gru4rec", PARAMS, schema=SCHEMA)
+
+
+def test_tables_may_come_later_with_the_weights():
+    backbone = build_backbone("sasrec_f", PARAMS, schema=SCHEMA)
+    backbone(INPUTS)
+    assert all(np.all(table == 0) for table in _lookup_tables(backbone).values())
+
+
+def test_sasrec_is_unchanged():
+    model = build_model("sasrec", PARAMS, schema=SCHEMA, item_feature_tables=TABLES)
+    assert type(model.backbone) is SASRecBackbone
+    assert tuple(model(INPUTS).shape) == (1, NUM_ITEMS)
+
+
+def test_config_validation_accepts_features_for_side_feature_models():
+    config = ModelConfig("sasrec_f", {"features": ["category"], "dropout": "1e-1", "fusion": "gate"})
+    config.validate()
+    assert config.params == {"features": ["category"], "dropout": pytest.approx(0.1), "fusion": "gate"}
+    ModelConfig("sasrec_f", {}).validate()
+
+
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("sasrec", {"features": ["category"]}, r"unknown key\(s\) \['features'\]"),
+        ("sasrec_f", {"item_features": []}, r"unknown key\(s\) \['item_features'\]"),
+        ("sasrec_f", {"features": "category"}, "model.features: expected a list of feature names"),
+        ("sasrec_f", {"fusion": 3}, "model.fusion: expected str"),
+    ],
+)
+def test_config_validation_rejects(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(name, params).validate()

@@ -1,0 +1,199 @@
+"""SASRec_F: early (invasive) fusion of side information into SASRec's input."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+
+from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS, EmbeddingFusion
+from tfsidefuse.layers.side_feature_embedding import POOLINGS
+from tfsidefuse.layers.side_information_embedding import SideInformationEmbedding, normalize_side_features
+from tfsidefuse.models.sasrec.sasrec_backbone import SASRecBackbone
+
+
+@keras.saving.register_keras_serializable(package="tfsidefuse")
+class SASRecFBackbone(SASRecBackbone):
+    """SASRec_F: side-feature embeddings fused with the item embedding before the encoder.
+
+    At every slot `t`, the item embedding `e_id(s_t)`, the pooled attribute
+    embeddings `a_{1,t}..a_{p,t}` of the item (looked up from the item
+    tables held in the weights) and the interaction-feature embeddings
+    `b_{1,t}..b_{q,t}`, all of width `d`, are fused by `F` (add, concat or
+    gate, see `EmbeddingFusion`):
+
+    `x_t = F(e_id(s_t), a_{1,t}, .., a_{p,t}, b_{1,t}, .., b_{q,t})`,
+    `X^0 = Dropout(LN(x + P))`,
+
+    as RecBole's `SASRecF`, where position is added after the fusion. With
+    `fuse_position=True`, `P_t` is the last input of `F` instead and
+    `X^0 = Dropout(LN(x))` (NOVA's invasive baseline). The encoder is
+    SASRec's: `num_layers` post-LN `TransformerBlock`s with the causal mask.
+    Hidden states are scored against the pure item table `E_id`, not against
+    fused item representations. Padded slots have zero side embeddings (the
+    padding item has no attributes, padded interaction ids are 0) and are
+    masked out as keys.
+
+    Args:
+        num_items: size of the item id space, including the padding id 0 and
+            the OOV id 1.
+        max_len: number of learned positions (the longest window).
+        item_features: item-level features, a list of dicts
+            `{"name", "vocab_size", "max_values"}` (see
+            `SideInformationEmbedding`); their tables are assigned with
+            `set_item_feature_tables`.
+        interaction_features: interaction-level features, a list of dicts
+            `{"name", "vocab_size"}`, read from the inputs under their names.
+        hidden_dim: width `d` of every embedding and of the hidden states.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads per block; must divide `hidden_dim`.
+        ff_dim: width of the feed-forward intermediate layer.
+        dropout: dropout rate on the embeddings and the residual branches.
+        attention_dropout: dropout rate on the attention probabilities.
+        layer_norm_epsilon: epsilon of every layer normalization.
+        fusion: `"add"`, `"concat"` (RecBole's only choice) or `"gate"`.
+        gate_scorer: `"linear"` or `"mlp"`, the scorer of `"gate"` fusion.
+        pooling: `"sum"`, `"mean"` or `"max"`, pooling of multi-valued item
+            features.
+        fuse_position: make the position embedding an input of the fusion
+            instead of adding it after.
+        **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
+
+    Call arguments:
+        inputs: dict with `"item_ids"`, int `[batch, seq_len]` left-padded
+            with 0, and one int `[batch, seq_len]` entry per interaction
+            feature (same padding), keyed by its name; other keys are ignored.
+        training: bool, whether dropout is active.
+
+    Returns:
+        Hidden states `[batch, seq_len, hidden_dim]`.
+
+    Example:
+
+    ```python
+    backbone = SASRecFBackbone(
+        num_items=1000,
+        item_features=[{"name": "categories", "vocab_size": 60, "max_values": 4}],
+        interaction_features=[{"name": "rating", "vocab_size": 7}],
+    )
+    backbone.set_item_feature_tables({"categories": categories_table})  # [1000, 4] ints
+    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})
+    model = NextItemModel(backbone)
+    ```
+
+    Reference:
+        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018;
+        RecBole's `SASRecF` (Zhao et al., CIKM 2021); Liu et al.,
+        "Non-invasive Self-attention for Side Information Fusion in
+        Sequential Recommendation", AAAI 2021 (fusion functions).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        max_len: int = 50,
+        item_features: Sequence[Mapping[str, Any]] = (),
+        interaction_features: Sequence[Mapping[str, Any]] = (),
+        hidden_dim: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        ff_dim: int = 256,
+        dropout: float = 0.5,
+        attention_dropout: float = 0.5,
+        layer_norm_epsilon: float = 1e-12,
+        fusion: str = "concat",
+        gate_scorer: str = "linear",
+        pooling: str = "sum",
+        fuse_position: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_items=num_items,
+            max_len=max_len,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            ff_dim=ff_dim,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            layer_norm_epsilon=layer_norm_epsilon,
+            **kwargs,
+        )
+        if fusion not in FUSION_MODES:
+            raise ValueError(f"`fusion` must be one of {FUSION_MODES}. Received: fusion={fusion!r}")
+        if gate_scorer not in GATE_SCORERS:
+            raise ValueError(f"`gate_scorer` must be one of {GATE_SCORERS}. Received: gate_scorer={gate_scorer!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        if not isinstance(fuse_position, bool):
+            raise ValueError(f"`fuse_position` must be a bool. Received: fuse_position={fuse_position!r}")
+        self.item_features, self.interaction_features = normalize_side_features(item_features, interaction_features)
+        self.fusion = fusion
+        self.gate_scorer = gate_scorer
+        self.pooling = pooling
+        self.fuse_position = fuse_position
+
+    def build(self, inputs_shape: Any = None) -> None:
+        super().build(inputs_shape)
+        self.side_information_embedding = SideInformationEmbedding(
+            self.num_items,
+            self.hidden_dim,
+            item_features=self.item_features,
+            interaction_features=self.interaction_features,
+            pooling=self.pooling,
+            dtype=self.dtype_policy,
+            name="side_information_embedding",
+        )
+        self.side_information_embedding.build()
+        # The item embedding, one embedding per side feature, and the position when fused.
+        num_fused = 1 + len(self.item_features) + len(self.interaction_features) + int(self.fuse_position)
+        self.embedding_fusion = EmbeddingFusion(
+            self.hidden_dim,
+            mode=self.fusion,
+            gate_scorer=self.gate_scorer,
+            dtype=self.dtype_policy,
+            name="embedding_fusion",
+        )
+        self.embedding_fusion.build([(None, None, self.hidden_dim)] * num_fused)
+        self.built = True
+
+    def set_item_feature_tables(self, tables: Mapping[str, Any]) -> None:
+        """Assigns the item id -> attribute ids table of every item feature.
+
+        Args:
+            tables: dict feature name -> integer array `[num_items,
+                max_values]`, one entry per item feature; row 0 (the padding
+                item) must be all zeros.
+
+        Raises:
+            ValueError: on a missing or unknown feature name, or a table of
+                the wrong shape or with invalid ids.
+        """
+        if not self.built:
+            self.build()
+        self.side_information_embedding.set_item_feature_tables(tables)
+
+    def input_embeddings(self, inputs: dict[str, Any], padding_mask: Any) -> Any:
+        side = self.side_information_embedding(inputs)
+        # Indexed by name: the order of the fusion inputs must not depend on how dicts are traced.
+        features = [self.item_embedding(inputs["item_ids"])]
+        features += [side[name] for name in self.side_information_embedding.feature_names]
+        position = self.position_embedding(padding_mask)
+        if self.fuse_position:
+            return self.embedding_fusion(features + [position])
+        return self.embedding_fusion(features) + position
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "item_features": [dict(feature) for feature in self.item_features],
+                "interaction_features": [dict(feature) for feature in self.interaction_features],
+                "fusion": self.fusion,
+                "gate_scorer": self.gate_scorer,
+                "pooling": self.pooling,
+                "fuse_position": self.fuse_position,
+            }
+        )
+        return config
