@@ -16,7 +16,7 @@ $(STAMP): setup.py tfsidefuse/version.py
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/tfsidefuse run --config configs/demo/sasrec.yaml
+	$(BIN)/tfsidefuse run --config configs/demo/sasrec.yaml --config configs/demo/sasrec_f.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
