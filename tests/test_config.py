@@ -81,4 +81,7 @@ def test_shipped_configs_are_valid(path, monkeypatch):
 
         shared_data(data["dataset"]["path"].rsplit("/", 1)[-1])
     config = load_config(path)
-    assert config.model.name == "sasrec"
+    from tfsidefuse.models.registry import BACKBONES
+
+    assert config.model.name in BACKBONES
+    assert config.model.name == Path(path).stem
