@@ -1,4 +1,4 @@
-"""Shared checks for layers, backbones and models, and plain-numpy references.
+"""Shared checks for layers, backbones and models, shared test inputs, and plain-numpy references.
 
 Every layer test runs :func:`run_layer_test`, every backbone test
 :func:`run_backbone_test`, so all of them get the same checks: config round
@@ -208,6 +208,13 @@ def run_backbone_test(
     run_model_saving_test(NextItemModel(backbone), input_data, tmp_dir)
 
 
+def assert_dropout_only_in_training(layer: Any, *args: Any, **kwargs: Any) -> None:
+    """Two inference calls `layer(*args, **kwargs)` are equal; a call with `training=True` differs."""
+    inference = [np.asarray(layer(*args, **kwargs)) for _ in range(2)]
+    np.testing.assert_allclose(inference[0], inference[1])
+    assert not np.allclose(layer(*args, **kwargs, training=True), inference[0])
+
+
 def assert_gradients_reach_every_weight(variables: list, loss_fn: Any) -> None:
     """Every trainable variable gets a non-zero gradient from `loss_fn()`."""
     with tf.GradientTape() as tape:
@@ -216,6 +223,42 @@ def assert_gradients_reach_every_weight(variables: list, loss_fn: Any) -> None:
     for variable, gradient in zip(variables, gradients):
         assert gradient is not None, f"no gradient for {variable.path}"
         assert np.any(np.asarray(tf.convert_to_tensor(gradient)) != 0), f"zero gradient for {variable.path}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared inputs and defaults
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Two left-padded windows of six item ids: the first with two padded slots, the second full.
+ITEM_IDS = np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8]], dtype="int32")
+
+#: The real (non-padded) slots of `ITEM_IDS`. Causal query rows at padded slots have no allowed key: their outputs
+#: are never read, and `score - 10000` rounds in float32, so attention outputs are compared at real slots only.
+REAL = ITEM_IDS != 0
+
+#: `SASRecBackbone`'s defaults: RecBole's SASRec hyper-parameters.
+SASREC_DEFAULTS = {
+    "max_len": 50,
+    "hidden_dim": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+    "ff_dim": 256,
+    "dropout": 0.5,
+    "attention_dropout": 0.5,
+    "layer_norm_epsilon": 1e-12,
+}
+
+
+def hidden_inputs(width: int = 8, seed: int = 0) -> np.ndarray:
+    """float32 `N(0, 1)` inputs `[2, 6, width]`, one row per window of `ITEM_IDS`."""
+    return np.random.default_rng(seed).normal(size=(2, 6, width)).astype("float32")
+
+
+def randomize_weights(variables: list, seed: int = 1, scale: float = 0.5) -> None:
+    """Assigns `scale * N(0, 1)` values to `variables`, in order, from one generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    for variable in variables:
+        variable.assign(rng.normal(size=variable.shape).astype("float32") * scale)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -16,8 +16,13 @@ from tfsidefuse.data.readers import TIME_GAP_BOUNDARIES
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
-TIME_GAP = FeatureSpec("time_gap", "interaction", "bucketized", transform="time_gap",
-                       boundaries=[60, 3600, 86400, 604800, 2592000, 31536000])
+TIME_GAP = FeatureSpec(
+    "time_gap",
+    "interaction",
+    "bucketized",
+    transform="time_gap",
+    boundaries=[60, 3600, 86400, 604800, 2592000, 31536000],
+)
 
 
 def _real(name: str) -> Path:
@@ -46,8 +51,7 @@ def _s3rec(tmp_path: Path, sequences: str, attributes: object, dirname: str = "t
 
 
 def test_s3rec_parses_sequences_and_attributes(tmp_path: Path) -> None:
-    root = _s3rec(tmp_path, "1 3 2 5\n2 5 4\n10 007 3 3\n",
-                  {"2": [1, 2], "3": [7], "4": [1, 1, 9], "5": [4]})
+    root = _s3rec(tmp_path, "1 3 2 5\n2 5 4\n10 007 3 3\n", {"2": [1, 2], "3": [7], "4": [1, 1, 9], "5": [4]})
     raw = read_s3rec(root)
 
     assert isinstance(raw, RawDataset)
@@ -128,8 +132,9 @@ def test_s3rec_missing_files(tmp_path: Path) -> None:
         ("amazon-sports", 35_598, 18_357, 296_337, 2_277, 37, 6.02),
     ],
 )
-def test_s3rec_real_data_statistics(dirname: str, users: int, items: int, interactions: int, vocab: int,
-                                    max_attrs: int, avg_attrs: float) -> None:
+def test_s3rec_real_data_statistics(
+    dirname: str, users: int, items: int, interactions: int, vocab: int, max_attrs: int, avg_attrs: float
+) -> None:
     raw = read_s3rec(_real(dirname))
     inter = raw.interactions
     assert raw.name == dirname
@@ -159,19 +164,24 @@ _PRICES = [f"{0.5 + 1.25 * k:.2f}" for k in range(40)]
 def _recbole(tmp_path: Path, name: str = "toy", inter: str | None = None, item: str | None = "default") -> Path:
     root = tmp_path / name
     if inter is None:
-        rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float\tprice:float\tdevice:token\t"
-                "tags:token_seq"]
+        rows = [
+            "user_id:token\titem_id:token\trating:float\ttimestamp:float\tprice:float\tdevice:token\ttags:token_seq"
+        ]
         for k in range(40):
-            rows.append(f"u{k % 3}\ti{k % 4}\t{[3, 4.5, 1, 5][k % 4]}\t{1000 + 7 * k}\t{_PRICES[k]}\t"
-                        f"{'mobile' if k % 2 else 'web'}\ta b")
+            rows.append(
+                f"u{k % 3}\ti{k % 4}\t{[3, 4.5, 1, 5][k % 4]}\t{1000 + 7 * k}\t{_PRICES[k]}\t"
+                f"{'mobile' if k % 2 else 'web'}\ta b"
+            )
         inter = "\n".join(rows) + "\n"
     _write(root / f"{name}.inter", inter)
     if item == "default":
-        item = ("item_id:token\tmovie_title:token_seq\tyear:token\tgenre:token_seq\tscore:float\tvec:float_seq\n"
-                "i0\tToy Story\t1995\tAnimation Comedy\t1.5\t1 2\n"
-                "i1\tHeat\t1995\tAction Crime Thriller\t2\t3 4\n"
-                "i2\tThe Title\t\t\t\t\n"
-                "i3\tAlien\t1979\tHorror\t2\t5 6\n")
+        item = (
+            "item_id:token\tmovie_title:token_seq\tyear:token\tgenre:token_seq\tscore:float\tvec:float_seq\n"
+            "i0\tToy Story\t1995\tAnimation Comedy\t1.5\t1 2\n"
+            "i1\tHeat\t1995\tAction Crime Thriller\t2\t3 4\n"
+            "i2\tThe Title\t\t\t\t\n"
+            "i3\tAlien\t1979\tHorror\t2\t5 6\n"
+        )
     if item is not None:
         _write(root / f"{name}.item", item)
     return root
@@ -217,17 +227,26 @@ def test_recbole_explicit_selection(tmp_path: Path) -> None:
     assert list(raw.items.columns) == ["item", "genre", "movie_title"]
     assert raw.items["movie_title"].tolist()[1:3] == [["Heat"], ["The", "Title"]]
     assert [(f.name, f.kind, f.max_values) for f in raw.features] == [
-        ("device", "categorical", 1), ("genre", "multi_categorical", 3), ("movie_title", "multi_categorical", 2)]
+        ("device", "categorical", 1),
+        ("genre", "multi_categorical", 3),
+        ("movie_title", "multi_categorical", 2),
+    ]
 
     raw = read_recbole(root, interaction_features=[], item_features=[])
     assert raw.features == [TIME_GAP]
     assert list(raw.items.columns) == ["item"]
 
-    with pytest.raises(ValueError, match=re.escape("unknown interaction feature column(s) ['colour']") +
-                       r".*available columns: \['rating', 'price', 'device', 'tags'\]"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("unknown interaction feature column(s) ['colour']")
+        + r".*available columns: \['rating', 'price', 'device', 'tags'\]",
+    ):
         read_recbole(root, interaction_features=["rating", "colour"])
-    with pytest.raises(ValueError, match=r"toy\.item: unknown item feature column\(s\) \['rating'\].*"
-                                         r"\['movie_title', 'year', 'genre', 'score', 'vec'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"toy\.item: unknown item feature column\(s\) \['rating'\].*"
+        r"\['movie_title', 'year', 'genre', 'score', 'vec'\]",
+    ):
         read_recbole(root, item_features=["rating"])
     with pytest.raises(ValueError, match=r"toy\.inter: field 'tags' has type token_seq.*item level"):
         read_recbole(root, interaction_features=["tags"])
@@ -236,8 +255,9 @@ def test_recbole_explicit_selection(tmp_path: Path) -> None:
 
 
 def test_recbole_without_time_or_item_file(tmp_path: Path) -> None:
-    root = _recbole(tmp_path, name="plain", inter="user_id:token\titem_id:token\tclick:float\n1\t2\t1\n1\t3\t0\n",
-                    item=None)
+    root = _recbole(
+        tmp_path, name="plain", inter="user_id:token\titem_id:token\tclick:float\n1\t2\t1\n1\t3\t0\n", item=None
+    )
     raw = read_recbole(root)
     assert raw.items is None
     assert not raw.has_time
@@ -260,8 +280,11 @@ def test_recbole_name_selects_files(tmp_path: Path) -> None:
     [
         ("user_id:token\titem_id\n1\t2\n", r"toy\.inter:1: header entries must be 'field:type', got 'item_id'"),
         ("user_id:token\titem_id:token\tr:int\n1\t2\t3\n", r"toy\.inter:1: unknown type 'int'.*'r:int'"),
-        ("user_id:token\titem_id:token\n1\t2\n3\t4\t5\n", r"toy\.inter:3: expected 2 tab-separated fields.*got 3.*"
-                                                          r"'3\\t4\\t5'"),
+        (
+            "user_id:token\titem_id:token\n1\t2\n3\t4\t5\n",
+            r"toy\.inter:3: expected 2 tab-separated fields.*got 3.*"
+            r"'3\\t4\\t5'",
+        ),
         ("user_id:token\titem_id:token\tr:float\n1\t2\t3\n4\t5\n", r"toy\.inter:3: expected 3 .*got 2"),
         ("user_id:token\titem_id:token\tr:float\n1\t2\t3\n4\t5\tabc\n", r"toy\.inter:3: field 'r' \(float\).*'abc'"),
         ("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tnoon\n", r"toy\.inter:2: field 'timestamp'.*'noon'"),
@@ -322,20 +345,34 @@ _ML_EXAMPLES = [
 ]
 
 
-def _mock_movielens_as_dataset(self: object, split: str, decoders: object = None, read_config: object = None,
-                               **kwargs: object) -> object:
+def _mock_movielens_as_dataset(
+    self: object, split: str, decoders: object = None, read_config: object = None, **kwargs: object
+) -> object:
     """Replaces the tfds builder's dataset with the fixed examples of ``_ML_EXAMPLES``."""
     import tensorflow as tf
 
     def gen() -> Iterator[dict[str, object]]:
         for user, movie, ts, rating, genres in _ML_EXAMPLES:
-            yield {"user_id": user, "movie_id": movie, "movie_title": b"t", "timestamp": np.int64(ts),
-                   "user_rating": np.float32(rating), "movie_genres": np.asarray(genres, dtype=np.int64)}
+            yield {
+                "user_id": user,
+                "movie_id": movie,
+                "movie_title": b"t",
+                "timestamp": np.int64(ts),
+                "user_rating": np.float32(rating),
+                "movie_genres": np.asarray(genres, dtype=np.int64),
+            }
 
-    return tf.data.Dataset.from_generator(gen, output_signature={
-        "user_id": tf.TensorSpec([], tf.string), "movie_id": tf.TensorSpec([], tf.string),
-        "movie_title": tf.TensorSpec([], tf.string), "timestamp": tf.TensorSpec([], tf.int64),
-        "user_rating": tf.TensorSpec([], tf.float32), "movie_genres": tf.TensorSpec([None], tf.int64)})
+    return tf.data.Dataset.from_generator(
+        gen,
+        output_signature={
+            "user_id": tf.TensorSpec([], tf.string),
+            "movie_id": tf.TensorSpec([], tf.string),
+            "movie_title": tf.TensorSpec([], tf.string),
+            "timestamp": tf.TensorSpec([], tf.int64),
+            "user_rating": tf.TensorSpec([], tf.float32),
+            "movie_genres": tf.TensorSpec([None], tf.int64),
+        },
+    )
 
 
 def test_tfds_movielens_exact_content() -> None:
@@ -375,13 +412,17 @@ def test_tfds_movielens_random_mock() -> None:
     assert genres and all(isinstance(g, str) for g in genres)
     assert all(len(gs) == len(set(gs)) for gs in raw.items["genres"])
     assert [(f.name, f.level, f.kind) for f in raw.features] == [
-        ("rating", "interaction", "categorical"), ("time_gap", "interaction", "bucketized"),
-        ("genres", "item", "multi_categorical")]
+        ("rating", "interaction", "categorical"),
+        ("time_gap", "interaction", "bucketized"),
+        ("genres", "item", "multi_categorical"),
+    ]
     assert raw.features[2].max_values == max(len(gs) for gs in raw.items["genres"])
 
 
 def test_tfds_movielens_rejects_other_datasets() -> None:
     tfds = pytest.importorskip("tensorflow_datasets")
-    with (tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE),
-          pytest.raises(ValueError, match=r"lacks the field\(s\).*user_id")):
+    with (
+        tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE),
+        pytest.raises(ValueError, match=r"lacks the field\(s\).*user_id"),
+    ):
         read_tfds_movielens("movielens/100k-movies")

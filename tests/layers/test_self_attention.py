@@ -1,31 +1,24 @@
-import keras
 import numpy as np
 import pytest
-from helpers import np_attention_mask, np_self_attention, run_layer_test
+from helpers import (
+    ITEM_IDS,
+    REAL,
+    assert_dropout_only_in_training,
+    hidden_inputs,
+    np_attention_mask,
+    np_self_attention,
+    randomize_weights,
+    run_layer_test,
+)
 
 from tfsidefuse.layers import SelfAttention, attention_mask, padding_mask
-
-ITEM_IDS = np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8]], dtype="int32")
-# Causal query rows at padded slots have no allowed key: their outputs are never
-# read, and `score - 10000` rounds in float32, so they are not compared.
-REAL = ITEM_IDS != 0
-
-
-def _inputs(width: int = 8, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(2, 6, width)).astype("float32")
-
-
-def _randomize(layer: keras.layers.Layer) -> None:
-    rng = np.random.default_rng(1)
-    for w in layer.weights:
-        w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
 
 
 def test_layer_behaviors(tmp_path):
     run_layer_test(
         SelfAttention,
         init_kwargs={"hidden_dim": 8, "num_heads": 2, "dropout": 0.1},
-        input_data={"query_input": _inputs(), "attention_mask": np_attention_mask(ITEM_IDS)},
+        input_data={"query_input": hidden_inputs(), "attention_mask": np_attention_mask(ITEM_IDS)},
         expected_output_shape=(2, 6, 8),
         tmp_dir=tmp_path,
         expected_num_trainable_weights=8,
@@ -37,9 +30,9 @@ def test_layer_behaviors_with_scores_and_separate_inputs(tmp_path):
         SelfAttention,
         init_kwargs={"hidden_dim": 8, "num_heads": 4},
         input_data={
-            "query_input": _inputs(),
-            "key_input": _inputs(width=12, seed=1),
-            "value_input": _inputs(width=4, seed=2),
+            "query_input": hidden_inputs(),
+            "key_input": hidden_inputs(width=12, seed=1),
+            "value_input": hidden_inputs(width=4, seed=2),
         },
         call_kwargs={"return_attention_scores": True},
         expected_output_shape=((2, 6, 8), (2, 4, 6, 6)),
@@ -51,10 +44,10 @@ def test_layer_behaviors_with_scores_and_separate_inputs(tmp_path):
 @pytest.mark.parametrize("causal", [True, False])
 def test_matches_numpy_reference(causal):
     layer = SelfAttention(hidden_dim=8, num_heads=2)
-    x = _inputs()
+    x = hidden_inputs()
     mask = np.asarray(attention_mask(padding_mask(ITEM_IDS), causal=causal))
     layer(x, attention_mask=mask)
-    _randomize(layer)
+    randomize_weights(layer.weights)
     outputs, probabilities = layer(x, attention_mask=mask, return_attention_scores=True)
     expected, expected_probabilities = np_self_attention(
         layer, x.astype("float64"), np_attention_mask(ITEM_IDS, causal)
@@ -71,10 +64,10 @@ def test_matches_numpy_reference(causal):
 
 def test_separate_query_key_value_inputs_match_numpy_reference():
     layer = SelfAttention(hidden_dim=8, num_heads=2)
-    query, key, value = _inputs(), _inputs(width=12, seed=1), _inputs(width=4, seed=2)
+    query, key, value = hidden_inputs(), hidden_inputs(width=12, seed=1), hidden_inputs(width=4, seed=2)
     mask = np_attention_mask(ITEM_IDS)
     layer(query, attention_mask=mask, key_input=key, value_input=value)
-    _randomize(layer)
+    randomize_weights(layer.weights)
     outputs = layer(query, attention_mask=mask, key_input=key, value_input=value)
     expected, _ = np_self_attention(
         layer, query.astype("float64"), mask, key.astype("float64"), value.astype("float64")
@@ -86,10 +79,10 @@ def test_separate_query_key_value_inputs_match_numpy_reference():
 
 def test_values_default_to_keys():
     layer = SelfAttention(hidden_dim=8, num_heads=2)
-    query, key = _inputs(), _inputs(seed=3)
+    query, key = hidden_inputs(), hidden_inputs(seed=3)
     mask = np_attention_mask(ITEM_IDS)
     layer(query, attention_mask=mask, key_input=key)
-    _randomize(layer)
+    randomize_weights(layer.weights)
     expected, _ = np_self_attention(layer, query.astype("float64"), mask, key.astype("float64"))
     np.testing.assert_allclose(
         np.asarray(layer(query, attention_mask=mask, key_input=key))[REAL], expected[REAL], atol=1e-5
@@ -102,20 +95,16 @@ def test_values_default_to_keys():
 
 def test_no_mask_attends_everything():
     layer = SelfAttention(hidden_dim=8, num_heads=2)
-    x = _inputs()
+    x = hidden_inputs()
     layer(x)
-    _randomize(layer)
+    randomize_weights(layer.weights)
     expected, _ = np_self_attention(layer, x.astype("float64"))
     np.testing.assert_allclose(layer(x), expected, atol=1e-5)
 
 
 def test_dropout_only_in_training():
     layer = SelfAttention(hidden_dim=8, num_heads=2, dropout=0.5)
-    x = _inputs()
-    mask = np_attention_mask(ITEM_IDS)
-    inference = [np.asarray(layer(x, attention_mask=mask)) for _ in range(2)]
-    np.testing.assert_allclose(inference[0], inference[1])
-    assert not np.allclose(layer(x, attention_mask=mask, training=True), inference[0])
+    assert_dropout_only_in_training(layer, hidden_inputs(), attention_mask=np_attention_mask(ITEM_IDS))
 
 
 @pytest.mark.parametrize(

@@ -225,9 +225,7 @@ def test_bad_input_fallbacks_and_errors():
     # Too long: the most recent max_len events are used at inference.
     longer = np.concatenate([np.full((3, 4), 7, dtype="int32"), ITEM_IDS], axis=1)
     short_model = _model(max_len=ITEM_IDS.shape[1])
-    np.testing.assert_allclose(
-        short_model({"item_ids": longer}), short_model({"item_ids": ITEM_IDS}), atol=1e-6
-    )
+    np.testing.assert_allclose(short_model({"item_ids": longer}), short_model({"item_ids": ITEM_IDS}), atol=1e-6)
     with pytest.raises(ValueError, match="10 slots but the model was built for max_len=6"):
         short_model({"item_ids": longer}, training=True, all_positions=True)
     with pytest.raises(ValueError, match="must be integer ids; got dtype float32"):

@@ -2,17 +2,19 @@ import keras
 import numpy as np
 import pytest
 from helpers import (
+    ITEM_IDS,
+    SASREC_DEFAULTS,
     assert_gradients_reach_every_weight,
     np_attention_mask,
     np_layer_norm,
     np_transformer_block,
+    randomize_weights,
     run_backbone_test,
 )
 
 from tfsidefuse.models import Backbone, SASRecBackbone
 
 INIT_KWARGS = {"num_items": 20, "max_len": 10, "hidden_dim": 8, "num_layers": 2, "num_heads": 2, "ff_dim": 16}
-ITEM_IDS = np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8]], dtype="int32")
 
 
 def _backbone(**kwargs) -> SASRecBackbone:
@@ -29,17 +31,7 @@ def test_weights_and_defaults():
     backbone({"item_ids": ITEM_IDS})
     assert isinstance(backbone, Backbone)
     config = backbone.get_config()
-    recbole = {
-        "max_len": 50,
-        "hidden_dim": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "ff_dim": 256,
-        "dropout": 0.5,
-        "attention_dropout": 0.5,
-        "layer_norm_epsilon": 1e-12,
-    }
-    assert {k: config[k] for k in recbole} == recbole
+    assert {k: config[k] for k in SASREC_DEFAULTS} == SASREC_DEFAULTS
     # item and position tables, embedding layer norm, 16 weights per block.
     assert len(backbone.trainable_weights) == 2 + 2 + 2 * 16
     assert backbone.item_table() is backbone.item_embedding.embeddings
@@ -71,9 +63,7 @@ def test_causality():
 def test_matches_numpy_reference():
     backbone = _backbone()
     backbone({"item_ids": ITEM_IDS})
-    rng = np.random.default_rng(1)
-    for w in backbone.weights:
-        w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
+    randomize_weights(backbone.weights)
     real = ITEM_IDS != 0
     positions = np.clip(np.cumsum(real, axis=1) - 1, 0, None)
     x = (

@@ -3,12 +3,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import (
+    ITEM_IDS,
+    SASREC_DEFAULTS,
     assert_gradients_reach_every_weight,
     np_attention_mask,
     np_dense,
     np_layer_norm,
     np_softmax,
     np_transformer_block,
+    randomize_weights,
     run_backbone_test,
     run_model_saving_test,
 )
@@ -31,7 +34,6 @@ INIT_KWARGS = {
     "num_heads": 2,
     "ff_dim": 16,
 }
-ITEM_IDS = np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8]], dtype="int32")
 RATINGS = np.array([[0, 0, 2, 5, 3, 4], [4, 3, 2, 5, 5, 1]], dtype="int32")
 INPUTS = {"item_ids": ITEM_IDS, "rating": RATINGS}
 
@@ -95,16 +97,9 @@ def test_weights_and_defaults():
     assert isinstance(backbone, SASRecBackbone)
     config = backbone.get_config()
     defaults = {
-        "max_len": 50,
+        **SASREC_DEFAULTS,
         "item_features": [],
         "interaction_features": [],
-        "hidden_dim": 64,
-        "num_layers": 2,
-        "num_heads": 2,
-        "ff_dim": 256,
-        "dropout": 0.5,
-        "attention_dropout": 0.5,
-        "layer_norm_epsilon": 1e-12,
         "fusion": "concat",
         "gate_scorer": "linear",
         "pooling": "sum",
@@ -130,9 +125,7 @@ def test_weights_and_defaults():
 def test_matches_numpy_reference(fusion, fuse_position):
     backbone = _backbone(fusion=fusion, fuse_position=fuse_position)
     backbone(INPUTS)
-    rng = np.random.default_rng(1)
-    for w in backbone.trainable_weights:
-        w.assign(rng.normal(size=w.shape).astype("float32") * 0.5)
+    randomize_weights(backbone.trainable_weights)
     real = ITEM_IDS != 0
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
     np.testing.assert_allclose(np.asarray(backbone(INPUTS))[real], expected[real], atol=1e-4)

@@ -66,8 +66,8 @@ def _transitions(rng: np.random.Generator, num_categories: int) -> dict[str, np.
     return {
         "view": _STAY["view"] * eye + (1 - _STAY["view"]) * related,
         "cart": _STAY["cart"] * eye + (1 - _STAY["cart"]) * related,
-        "buy": _STAY["buy"] * eye + (1 - _STAY["buy"]) * (_BUY_TO_COMPLEMENT * complement
-                                                          + (1 - _BUY_TO_COMPLEMENT) * related),
+        "buy": _STAY["buy"] * eye
+        + (1 - _STAY["buy"]) * (_BUY_TO_COMPLEMENT * complement + (1 - _BUY_TO_COMPLEMENT) * related),
     }
 
 
@@ -98,21 +98,28 @@ def make_demo_dataset(
     Raises:
         ValueError: a non-positive size or more categories than items.
     """
-    for arg, value in (("num_users", num_users), ("num_items", num_items), ("num_categories", num_categories),
-                       ("num_brands", num_brands)):
+    for arg, value in (
+        ("num_users", num_users),
+        ("num_items", num_items),
+        ("num_categories", num_categories),
+        ("num_brands", num_brands),
+    ):
         if int(value) < 1:
             raise ValueError(f"make_demo_dataset: {arg} must be >= 1, got {value!r}")
     if num_categories > num_items:
-        raise ValueError(f"make_demo_dataset: num_categories ({num_categories}) must not exceed "
-                         f"num_items ({num_items})")
+        raise ValueError(
+            f"make_demo_dataset: num_categories ({num_categories}) must not exceed num_items ({num_items})"
+        )
     rng = np.random.default_rng(seed)
 
     # --- catalogue -----------------------------------------------------------------------------------------------
     # Every category gets at least one item; each brand sells in 1-3 categories.
     item_cat = np.concatenate([np.arange(num_categories), rng.integers(0, num_categories, num_items - num_categories)])
     item_cat = rng.permutation(item_cat)
-    brand_cats = [rng.choice(num_categories, size=min(num_categories, int(rng.integers(1, 4))), replace=False)
-                  for _ in range(num_brands)]
+    brand_cats = [
+        rng.choice(num_categories, size=min(num_categories, int(rng.integers(1, 4))), replace=False)
+        for _ in range(num_brands)
+    ]
     brands_of_cat: list[list[int]] = [[] for _ in range(num_categories)]
     for b, cats in enumerate(brand_cats):
         for k in cats:
@@ -189,17 +196,21 @@ def make_demo_dataset(
     item_tokens = np.array([f"i{i}" for i in range(num_items)], dtype=object)
     cat_width = len(str(num_categories - 1))
     brand_width = max(3, len(str(num_brands - 1)))
-    interactions = pd.DataFrame({
-        USER: user_tokens[user_index],
-        ITEM: item_tokens[items],
-        TIME: time.astype(np.int64),
-        "action": np.array(ACTIONS, dtype=object)[actions],
-    })
-    items_df = pd.DataFrame({
-        ITEM: item_tokens,
-        "category": np.array([f"c{k:0{max(2, cat_width)}d}" for k in item_cat], dtype=object),
-        "brand": np.array([f"b{b:0{brand_width}d}" for b in item_brand], dtype=object),
-    })
+    interactions = pd.DataFrame(
+        {
+            USER: user_tokens[user_index],
+            ITEM: item_tokens[items],
+            TIME: time.astype(np.int64),
+            "action": np.array(ACTIONS, dtype=object)[actions],
+        }
+    )
+    items_df = pd.DataFrame(
+        {
+            ITEM: item_tokens,
+            "category": np.array([f"c{k:0{max(2, cat_width)}d}" for k in item_cat], dtype=object),
+            "brand": np.array([f"b{b:0{brand_width}d}" for b in item_brand], dtype=object),
+        }
+    )
     features = [
         FeatureSpec("category", "item", "categorical"),
         FeatureSpec("brand", "item", "categorical"),

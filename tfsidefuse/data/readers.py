@@ -50,8 +50,9 @@ def time_gap_feature() -> FeatureSpec:
         A new :class:`FeatureSpec` named ``time_gap`` with transform ``"time_gap"`` and
         :data:`TIME_GAP_BOUNDARIES` as bucket edges.
     """
-    return FeatureSpec("time_gap", "interaction", "bucketized", transform="time_gap",
-                       boundaries=list(TIME_GAP_BOUNDARIES))
+    return FeatureSpec(
+        "time_gap", "interaction", "bucketized", transform="time_gap", boundaries=list(TIME_GAP_BOUNDARIES)
+    )
 
 
 def _format_numbers(values: np.ndarray) -> np.ndarray:
@@ -105,8 +106,10 @@ def _read_s3rec_sequences(path: Path) -> tuple[list[str], list[int], list[str]]:
     seen: dict[str, int] = {}
     for lineno, row in enumerate(rows, start=1):
         if len(row) < 2:
-            raise ValueError(f"{path}:{lineno}: expected 'user_id item_id [item_id ...]' (at least 2 tokens), "
-                             f"got {lines[lineno - 1]!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected 'user_id item_id [item_id ...]' (at least 2 tokens), "
+                f"got {lines[lineno - 1]!r}"
+            )
         for tok in row:
             if not (tok.isascii() and tok.isdigit()):
                 raise ValueError(f"{path}:{lineno}: ids must be non-negative integers, got {tok!r}")
@@ -150,8 +153,10 @@ def _read_s3rec_attributes(path: Path) -> dict[str, list[str]]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}) at column {err.colno}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}:1: expected a JSON object {{\"item_id\": [attr_id, ...]}}, "
-                         f"got {type(data).__name__} {str(data)[:80]!r}")
+        raise ValueError(
+            f'{path}:1: expected a JSON object {{"item_id": [attr_id, ...]}}, '
+            f"got {type(data).__name__} {str(data)[:80]!r}"
+        )
     out: dict[str, list[str]] = {}
     for key, value in data.items():
         where = _LazyWhere(path, text, key)
@@ -161,8 +166,9 @@ def _read_s3rec_attributes(path: Path) -> dict[str, list[str]]:
             raise ValueError(f"{where}: item {key!r}: expected a list of attribute ids, got {value!r}")
         tokens = []
         for attr in value:
-            if isinstance(attr, bool) or not (isinstance(attr, int) or (isinstance(attr, str) and
-                                                                          _INT_TOKEN.fullmatch(attr))):
+            if isinstance(attr, bool) or not (
+                isinstance(attr, int) or (isinstance(attr, str) and _INT_TOKEN.fullmatch(attr))
+            ):
                 raise ValueError(f"{where}: item {key!r}: attribute ids must be integers, got {attr!r}")
             tokens.append(str(int(attr)))
         item = key.lstrip("0") or "0"
@@ -200,14 +206,16 @@ def read_s3rec(path: str | os.PathLike, name: str | None = None) -> RawDataset:
     users, lengths, items = _read_s3rec_sequences(root / "sequences.txt")
     attributes = _read_s3rec_attributes(root / "item_attributes.json")
 
-    interactions = pd.DataFrame({USER: np.repeat(np.asarray(users, dtype=object), lengths),
-                                 ITEM: np.asarray(items, dtype=object)})
+    interactions = pd.DataFrame(
+        {USER: np.repeat(np.asarray(users, dtype=object), lengths), ITEM: np.asarray(items, dtype=object)}
+    )
     known = dict(attributes)
     for item in pd.unique(interactions[ITEM]):
         known.setdefault(item, [])
     item_ids = sorted(known, key=int)
-    items_df = pd.DataFrame({ITEM: np.asarray(item_ids, dtype=object),
-                             "attributes": pd.Series([known[i] for i in item_ids], dtype=object)})
+    items_df = pd.DataFrame(
+        {ITEM: np.asarray(item_ids, dtype=object), "attributes": pd.Series([known[i] for i in item_ids], dtype=object)}
+    )
     max_values = max((len(v) for v in known.values()), default=1)
     feature = FeatureSpec("attributes", "item", "multi_categorical", max_values=max(1, max_values))
     return RawDataset(name=name or root.resolve().name, interactions=interactions, items=items_df, features=[feature])
@@ -233,8 +241,9 @@ def _read_atomic(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
         if not sep or not field:
             raise ValueError(f"{path}:1: header entries must be 'field:type', got {entry!r}")
         if ftype not in RECBOLE_TYPES:
-            raise ValueError(f"{path}:1: unknown type {ftype!r} in header entry {entry!r}; known types: "
-                             f"{list(RECBOLE_TYPES)}")
+            raise ValueError(
+                f"{path}:1: unknown type {ftype!r} in header entry {entry!r}; known types: {list(RECBOLE_TYPES)}"
+            )
         if field in fields:
             raise ValueError(f"{path}:1: duplicate field {field!r} in the header")
         fields.append(field)
@@ -243,8 +252,9 @@ def _read_atomic(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
     n = len(fields)
     for lineno, row in enumerate(rows, start=2):
         if len(row) != n:
-            raise ValueError(f"{path}:{lineno}: expected {n} tab-separated fields {fields}, got {len(row)}: "
-                             f"{lines[lineno - 1]!r}")
+            raise ValueError(
+                f"{path}:{lineno}: expected {n} tab-separated fields {fields}, got {len(row)}: {lines[lineno - 1]!r}"
+            )
     columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in fields]
     return fields, types, columns
 
@@ -267,20 +277,22 @@ def _token_column(values: list[str]) -> np.ndarray:
     return np.asarray([v.strip() or None for v in values], dtype=object)
 
 
-def _convert_column(path: Path, field: str, ftype: str, values: list[str], level: str
-                    ) -> tuple[FeatureSpec, pd.Series]:
+def _convert_column(path: Path, field: str, ftype: str, values: list[str], level: str) -> tuple[FeatureSpec, pd.Series]:
     """Turns a RecBole column into a feature declaration and its data."""
     name = _feature_name(field)
     if ftype == "token":
         return FeatureSpec(name, level, "categorical"), pd.Series(_token_column(values))
     if ftype == "token_seq":
         if level != "item":
-            raise ValueError(f"{path}: field {field!r} has type token_seq: multi-valued features are only "
-                             f"supported at item level")
+            raise ValueError(
+                f"{path}: field {field!r} has type token_seq: multi-valued features are only supported at item level"
+            )
         lists = [v.split() for v in values]
         max_values = max((len(v) for v in lists), default=1)
-        return (FeatureSpec(name, level, "multi_categorical", max_values=max(1, max_values)),
-                pd.Series(lists, dtype=object))
+        return (
+            FeatureSpec(name, level, "multi_categorical", max_values=max(1, max_values)),
+            pd.Series(lists, dtype=object),
+        )
     if ftype == "float":
         numbers = _float_column(path, field, values)
         distinct = np.unique(numbers[~np.isnan(numbers)])
@@ -290,8 +302,7 @@ def _convert_column(path: Path, field: str, ftype: str, values: list[str], level
     raise ValueError(f"{path}: field {field!r} has type {ftype!r}, which cannot be used as a side feature")
 
 
-def _select(path: Path, requested: list[str] | None, default: list[str], available: list[str], what: str
-            ) -> list[str]:
+def _select(path: Path, requested: list[str] | None, default: list[str], available: list[str], what: str) -> list[str]:
     if requested is None:
         return default
     if isinstance(requested, str):
@@ -356,10 +367,12 @@ def read_recbole(
     by_field = dict(zip(fields, columns))
     type_of = dict(zip(fields, types))
 
-    interactions = pd.DataFrame({
-        USER: pd.Series(_token_column(by_field[RECBOLE_USER])),
-        ITEM: pd.Series(_token_column(by_field[RECBOLE_ITEM])),
-    })
+    interactions = pd.DataFrame(
+        {
+            USER: pd.Series(_token_column(by_field[RECBOLE_USER])),
+            ITEM: pd.Series(_token_column(by_field[RECBOLE_ITEM])),
+        }
+    )
     for col, field in ((USER, RECBOLE_USER), (ITEM, RECBOLE_ITEM)):
         missing = interactions[col].isna().to_numpy()
         if missing.any():
@@ -388,9 +401,13 @@ def read_recbole(
         iby_field = dict(zip(ifields, icolumns))
         itype_of = dict(zip(ifields, itypes))
         iavailable = [f for f in ifields if f != RECBOLE_ITEM]
-        idefault = [f for f in iavailable
-                    if itype_of[f] == "token" or itype_of[f] == "float"
-                    or (itype_of[f] == "token_seq" and "title" not in f.lower())]
+        idefault = [
+            f
+            for f in iavailable
+            if itype_of[f] == "token"
+            or itype_of[f] == "float"
+            or (itype_of[f] == "token_seq" and "title" not in f.lower())
+        ]
         items_df = pd.DataFrame({ITEM: pd.Series(_token_column(iby_field[RECBOLE_ITEM]))})
         for field in _select(item_path, item_features, idefault, iavailable, "item feature"):
             spec, data = _convert_column(item_path, field, itype_of[field], iby_field[field], "item")
@@ -403,8 +420,10 @@ def read_recbole(
     names = [f.name for f in features]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"{root}: feature name(s) {dup} appear in both {inter_path.name} and {item_path.name}; "
-                         f"select one with interaction_features / item_features")
+        raise ValueError(
+            f"{root}: feature name(s) {dup} appear in both {inter_path.name} and {item_path.name}; "
+            f"select one with interaction_features / item_features"
+        )
     return RawDataset(name=name, interactions=interactions, items=items_df, features=features)
 
 
@@ -445,16 +464,18 @@ def read_tfds_movielens(
         import tensorflow as tf
         import tensorflow_datasets as tfds
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("read_tfds_movielens needs the 'tensorflow_datasets' package "
-                          "(pip install tensorflow-datasets)") from err
+        raise ImportError(
+            "read_tfds_movielens needs the 'tensorflow_datasets' package (pip install tensorflow-datasets)"
+        ) from err
 
-    ds, info = tfds.load(name, split=split, data_dir=None if data_dir is None else os.fspath(data_dir),
-                         with_info=True)
+    ds, info = tfds.load(name, split=split, data_dir=None if data_dir is None else os.fspath(data_dir), with_info=True)
     needed = ("user_id", "movie_id", "timestamp", "user_rating", "movie_genres")
     missing = [k for k in needed if k not in info.features]
     if missing:
-        raise ValueError(f"tfds dataset {name!r} lacks the field(s) {missing}; a movielens '*-ratings' dataset "
-                         f"is needed (fields: {sorted(info.features)})")
+        raise ValueError(
+            f"tfds dataset {name!r} lacks the field(s) {missing}; a movielens '*-ratings' dataset "
+            f"is needed (fields: {sorted(info.features)})"
+        )
     genre_feature = info.features["movie_genres"].feature
     genre_names = list(getattr(genre_feature, "names", None) or [])
 
@@ -480,12 +501,14 @@ def read_tfds_movielens(
 
     user_arr = cat(users, object)
     movie_arr = cat(movies, object)
-    interactions = pd.DataFrame({
-        USER: pd.Series(user_arr, dtype=object).str.decode("utf-8"),
-        ITEM: pd.Series(movie_arr, dtype=object).str.decode("utf-8"),
-        TIME: cat(times, np.int64).astype(np.int64),
-        "rating": pd.Series(_format_numbers(cat(ratings, np.float32))),
-    })
+    interactions = pd.DataFrame(
+        {
+            USER: pd.Series(user_arr, dtype=object).str.decode("utf-8"),
+            ITEM: pd.Series(movie_arr, dtype=object).str.decode("utf-8"),
+            TIME: cat(times, np.int64).astype(np.int64),
+            "rating": pd.Series(_format_numbers(cat(ratings, np.float32))),
+        }
+    )
 
     lengths = cat(genre_lengths, np.int64).astype(np.int64)
     values = cat(genre_values, np.int64).astype(np.int64)
@@ -495,11 +518,12 @@ def read_tfds_movielens(
     genre_tokens = np.asarray(genre_names, dtype=object) if genre_names else None
     genre_lists = []
     for row in first:
-        ids = values[offsets[row]:offsets[row + 1]]
+        ids = values[offsets[row] : offsets[row + 1]]
         tokens = genre_tokens[ids] if genre_tokens is not None else ids.astype(np.str_)
         genre_lists.append(list(dict.fromkeys(tokens.tolist())))
-    items_df = pd.DataFrame({ITEM: interactions[ITEM].to_numpy()[first],
-                             "genres": pd.Series(genre_lists, dtype=object)})
+    items_df = pd.DataFrame(
+        {ITEM: interactions[ITEM].to_numpy()[first], "genres": pd.Series(genre_lists, dtype=object)}
+    )
     max_values = max((len(g) for g in genre_lists), default=1)
     features = [
         FeatureSpec("rating", "interaction", "categorical"),

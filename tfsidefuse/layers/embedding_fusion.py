@@ -8,6 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse.layers._checks import check_choice, check_positive_int, get_initializer
+
 FUSION_MODES = ("add", "concat", "gate")
 GATE_SCORERS = ("linear", "mlp")
 
@@ -74,18 +76,13 @@ class EmbeddingFusion(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(hidden_dim, int) or isinstance(hidden_dim, bool) or hidden_dim < 1:
-            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
-        if mode not in FUSION_MODES:
-            raise ValueError(f"`mode` must be one of {FUSION_MODES}. Received: mode={mode!r}")
-        if gate_scorer not in GATE_SCORERS:
-            raise ValueError(f"`gate_scorer` must be one of {GATE_SCORERS}. Received: gate_scorer={gate_scorer!r}")
+        check_positive_int("hidden_dim", hidden_dim, allow_bool=False)
+        check_choice("mode", mode, FUSION_MODES)
+        check_choice("gate_scorer", gate_scorer, GATE_SCORERS)
         self.hidden_dim = hidden_dim
         self.mode = mode
         self.gate_scorer = gate_scorer
-        if kernel_initializer is None:
-            kernel_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = get_initializer(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def _dense(self, units: int, name: str, use_bias: bool = True, activation: str | None = None) -> keras.layers.Dense:

@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse.layers._checks import check_positive_int, get_initializer
+
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
 class ItemEmbedding(keras.layers.Layer):
@@ -53,15 +55,11 @@ class ItemEmbedding(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_items, int) or num_items < 1:
-            raise ValueError(f"`num_items` must be a positive int. Received: num_items={num_items!r}")
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
+        check_positive_int("num_items", num_items)
+        check_positive_int("hidden_dim", hidden_dim)
         self.num_items = num_items
         self.hidden_dim = hidden_dim
-        if embeddings_initializer is None:
-            embeddings_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_initializer = get_initializer(embeddings_initializer)
 
     def build(self, inputs_shape: Any = None) -> None:
         # A serialized copy gives a fresh instance, so an unseeded initializer

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from tfsidefuse.data.schema import PAD_ID
+from tfsidefuse.layers._checks import check_positive_int
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
@@ -52,10 +53,8 @@ class ItemFeatureLookup(keras.layers.Layer):
 
     def __init__(self, num_items: int, num_values: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_items, int) or num_items < 1:
-            raise ValueError(f"`num_items` must be a positive int. Received: num_items={num_items!r}")
-        if not isinstance(num_values, int) or num_values < 1:
-            raise ValueError(f"`num_values` must be a positive int. Received: num_values={num_values!r}")
+        check_positive_int("num_items", num_items)
+        check_positive_int("num_values", num_values)
         self.num_items = num_items
         self.num_values = num_values
 

@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse.layers._checks import check_positive_int, get_initializer
+
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
 class PositionEmbedding(keras.layers.Layer):
@@ -51,15 +53,11 @@ class PositionEmbedding(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"`max_len` must be a positive int. Received: max_len={max_len!r}")
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
+        check_positive_int("max_len", max_len)
+        check_positive_int("hidden_dim", hidden_dim)
         self.max_len = max_len
         self.hidden_dim = hidden_dim
-        if embeddings_initializer is None:
-            embeddings_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_initializer = get_initializer(embeddings_initializer)
 
     def build(self, padding_mask_shape: Any = None) -> None:
         # A serialized copy gives a fresh instance, so an unseeded initializer

@@ -8,6 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse.layers._checks import check_positive_int, check_rate, get_initializer
+
 # RecBole's additive mask constant: small enough to zero a softmax entry in
 # float32, large enough to stay finite in float16.
 MASK_VALUE = -10000.0
@@ -78,23 +80,18 @@ class SelfAttention(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
-        if not isinstance(num_heads, int) or num_heads < 1:
-            raise ValueError(f"`num_heads` must be a positive int. Received: num_heads={num_heads!r}")
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_heads", num_heads)
         if hidden_dim % num_heads != 0:
             raise ValueError(
                 f"`hidden_dim` must be divisible by `num_heads`. "
                 f"Received: hidden_dim={hidden_dim}, num_heads={num_heads}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        check_rate("dropout", dropout)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.dropout = dropout
-        if kernel_initializer is None:
-            kernel_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = get_initializer(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.head_dim = hidden_dim // num_heads
 

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfsidefuse.data.schema import PAD_ID
+from tfsidefuse.layers._checks import check_choice, check_positive_int, get_initializer
 
 POOLINGS = ("sum", "mean", "max")
 
@@ -68,18 +69,13 @@ class SideFeatureEmbedding(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"`vocab_size` must be a positive int. Received: vocab_size={vocab_size!r}")
-        if not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"`embedding_dim` must be a positive int. Received: embedding_dim={embedding_dim!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("embedding_dim", embedding_dim)
+        check_choice("pooling", pooling, POOLINGS)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
         self.pooling = pooling
-        if embeddings_initializer is None:
-            embeddings_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_initializer = get_initializer(embeddings_initializer)
 
     def build(self, inputs_shape: Any = None) -> None:
         # A serialized copy gives a fresh instance, so an unseeded initializer

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tfsidefuse.layers._checks import check_choice, check_positive_int, get_initializer, is_positive_int
 from tfsidefuse.layers.item_feature_lookup import ItemFeatureLookup
 from tfsidefuse.layers.side_feature_embedding import POOLINGS, SideFeatureEmbedding
 
@@ -15,10 +16,6 @@ ITEM_FEATURE_KEYS = ("name", "vocab_size", "max_values")
 INTERACTION_FEATURE_KEYS = ("name", "vocab_size")
 # The model input that carries the item ids; no feature may take its name.
 ITEM_IDS_KEY = "item_ids"
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _normalize_features(argument: str, features: Any, keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -49,7 +46,7 @@ def _normalize_features(argument: str, features: Any, keys: tuple[str, ...]) -> 
                 f"Received: name={name!r}"
             )
         for key in keys[1:]:
-            if not _positive_int(feature[key]):
+            if not is_positive_int(feature[key], allow_bool=False):
                 raise ValueError(
                     f"`{key}` of feature {name!r} must be a positive int. Received: {key}={feature[key]!r}"
                 )
@@ -163,19 +160,14 @@ class SideInformationEmbedding(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not _positive_int(num_items):
-            raise ValueError(f"`num_items` must be a positive int. Received: num_items={num_items!r}")
-        if not _positive_int(embedding_dim):
-            raise ValueError(f"`embedding_dim` must be a positive int. Received: embedding_dim={embedding_dim!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        check_positive_int("num_items", num_items, allow_bool=False)
+        check_positive_int("embedding_dim", embedding_dim, allow_bool=False)
+        check_choice("pooling", pooling, POOLINGS)
         self.num_items = num_items
         self.embedding_dim = embedding_dim
         self.item_features, self.interaction_features = normalize_side_features(item_features, interaction_features)
         self.pooling = pooling
-        if embeddings_initializer is None:
-            embeddings_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.embeddings_initializer = get_initializer(embeddings_initializer)
 
     @property
     def feature_names(self) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse.layers._checks import check_positive_int, check_transformer_args, get_initializer
 from tfsidefuse.layers.self_attention import SelfAttention
 
 
@@ -75,34 +76,15 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
-        if not isinstance(num_heads, int) or num_heads < 1 or hidden_dim % num_heads != 0:
-            raise ValueError(
-                f"`num_heads` must be a positive int dividing `hidden_dim`. "
-                f"Received: num_heads={num_heads!r}, hidden_dim={hidden_dim}"
-            )
-        if not isinstance(ff_dim, int) or ff_dim < 1:
-            raise ValueError(f"`ff_dim` must be a positive int. Received: ff_dim={ff_dim!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        if not 0.0 <= attention_dropout < 1.0:
-            raise ValueError(
-                f"`attention_dropout` must be in [0, 1). Received: attention_dropout={attention_dropout!r}"
-            )
-        if not layer_norm_epsilon > 0:
-            raise ValueError(
-                f"`layer_norm_epsilon` must be positive. Received: layer_norm_epsilon={layer_norm_epsilon!r}"
-            )
+        check_positive_int("hidden_dim", hidden_dim)
+        check_transformer_args(hidden_dim, num_heads, ff_dim, dropout, attention_dropout, layer_norm_epsilon)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.ff_dim = ff_dim
         self.dropout = dropout
         self.attention_dropout = attention_dropout
         self.layer_norm_epsilon = layer_norm_epsilon
-        if kernel_initializer is None:
-            kernel_initializer = keras.initializers.RandomNormal(stddev=0.02)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_initializer = get_initializer(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def _dense(self, units: int, name: str) -> keras.layers.Dense:

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 
 from tfsidefuse.data.schema import NUM_RESERVED_IDS
+from tfsidefuse.layers._checks import check_positive_int
 
 
 class Backbone(keras.layers.Layer):
@@ -45,10 +46,8 @@ class Backbone(keras.layers.Layer):
                 f"`num_items` must be an int > {NUM_RESERVED_IDS} (it counts the padding and OOV ids). "
                 f"Received: num_items={num_items!r}"
             )
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ValueError(f"`hidden_dim` must be a positive int. Received: hidden_dim={hidden_dim!r}")
-        if not isinstance(max_len, int) or max_len < 1:
-            raise ValueError(f"`max_len` must be a positive int. Received: max_len={max_len!r}")
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("max_len", max_len)
         self.num_items = num_items
         self.hidden_dim = hidden_dim
         self.max_len = max_len

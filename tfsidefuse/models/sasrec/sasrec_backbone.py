@@ -6,6 +6,7 @@ from typing import Any
 
 import keras
 
+from tfsidefuse.layers._checks import check_positive_int, check_transformer_args
 from tfsidefuse.layers.item_embedding import ItemEmbedding
 from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.layers.position_embedding import PositionEmbedding
@@ -71,25 +72,8 @@ class SASRecBackbone(Backbone):
         **kwargs: Any,
     ) -> None:
         super().__init__(num_items=num_items, hidden_dim=hidden_dim, max_len=max_len, **kwargs)
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"`num_layers` must be a positive int. Received: num_layers={num_layers!r}")
-        if not isinstance(num_heads, int) or num_heads < 1 or hidden_dim % num_heads != 0:
-            raise ValueError(
-                f"`num_heads` must be a positive int dividing `hidden_dim`. "
-                f"Received: num_heads={num_heads!r}, hidden_dim={hidden_dim}"
-            )
-        if not isinstance(ff_dim, int) or ff_dim < 1:
-            raise ValueError(f"`ff_dim` must be a positive int. Received: ff_dim={ff_dim!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        if not 0.0 <= attention_dropout < 1.0:
-            raise ValueError(
-                f"`attention_dropout` must be in [0, 1). Received: attention_dropout={attention_dropout!r}"
-            )
-        if not layer_norm_epsilon > 0:
-            raise ValueError(
-                f"`layer_norm_epsilon` must be positive. Received: layer_norm_epsilon={layer_norm_epsilon!r}"
-            )
+        check_positive_int("num_layers", num_layers)
+        check_transformer_args(hidden_dim, num_heads, ff_dim, dropout, attention_dropout, layer_norm_epsilon)
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.ff_dim = ff_dim

@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from tfsidefuse.layers._checks import check_choice
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS, EmbeddingFusion
 from tfsidefuse.layers.side_feature_embedding import POOLINGS
 from tfsidefuse.layers.side_information_embedding import SideInformationEmbedding, normalize_side_features
@@ -120,12 +121,9 @@ class SASRecFBackbone(SASRecBackbone):
             layer_norm_epsilon=layer_norm_epsilon,
             **kwargs,
         )
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"`fusion` must be one of {FUSION_MODES}. Received: fusion={fusion!r}")
-        if gate_scorer not in GATE_SCORERS:
-            raise ValueError(f"`gate_scorer` must be one of {GATE_SCORERS}. Received: gate_scorer={gate_scorer!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
+        check_choice("fusion", fusion, FUSION_MODES)
+        check_choice("gate_scorer", gate_scorer, GATE_SCORERS)
+        check_choice("pooling", pooling, POOLINGS)
         if not isinstance(fuse_position, bool):
             raise ValueError(f"`fuse_position` must be a bool. Received: fuse_position={fuse_position!r}")
         self.item_features, self.interaction_features = normalize_side_features(item_features, interaction_features)
@@ -161,14 +159,16 @@ class SASRecFBackbone(SASRecBackbone):
     def set_item_feature_tables(self, tables: Mapping[str, Any]) -> None:
         """Assigns the item id -> attribute ids table of every item feature.
 
+        Builds the backbone if needed, then hands the tables to
+        `SideInformationEmbedding.set_item_feature_tables`, which validates
+        them.
+
         Args:
             tables: dict feature name -> integer array `[num_items,
-                max_values]`, one entry per item feature; row 0 (the padding
-                item) must be all zeros.
+                max_values]` with an all-zero row 0, one per item feature.
 
         Raises:
-            ValueError: on a missing or unknown feature name, or a table of
-                the wrong shape or with invalid ids.
+            ValueError: on a missing or unknown feature name, or a bad table.
         """
         if not self.built:
             self.build()
