@@ -144,6 +144,7 @@ def train(config: RunConfig, prepared: PreparedDataset | None = None, *, evaluat
         steps_per_epoch=t.steps_per_epoch,
         callbacks=callbacks,
         verbose=t.verbose,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
     )
     wall = time.perf_counter() - start
     timing = next(c for c in callbacks if isinstance(c, TrainingTimer))
