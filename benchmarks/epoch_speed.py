@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     train_ds = make_dataset(prepared, "train", mode=mode, batch_size=t.batch_size, seed=t.seed, cache=True)
     valid_ds = make_dataset(prepared, "valid", batch_size=t.eval_batch_size, cache=True)
     examples = count_examples(prepared, "train", mode)
+    if examples is None:  # prepared before length statistics were recorded
+        examples = prepared.stats["train_targets" if mode == "prefix" else "train_sequences"]
     model = create_model(config, prepared)
 
     epoch_seconds = []
