@@ -54,6 +54,10 @@ def test_errors_exit_2_with_the_key_and_value(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--config", config]) == 2
     assert "run `tfsidefuse train` first" in capsys.readouterr().err
+    args = ["--set", "model.name=sasrec_f", "--set", "model.features=[category, colour]"]
+    assert main(["train", "--config", config, *args]) == 2
+    err = capsys.readouterr().err
+    assert "unknown feature(s) ['colour']" in err and "category" in err
     assert main(["prepare", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import yaml
 
-from tfsidefuse.config import RunConfig
+from tfsidefuse.config import ConfigError, RunConfig
 from tfsidefuse.data.ingest import encode
 from tfsidefuse.data.pipeline import make_dataset
 from tfsidefuse.data.prepared import PreparedDataset, write_prepared
@@ -77,14 +77,17 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
 def create_model(config: RunConfig, prepared: PreparedDataset):
     """The compiled model of a config for a prepared dataset."""
     t = config.training
-    model = build_model(
-        config.model.name,
-        dict(config.model.params),
-        schema=prepared.schema,
-        item_feature_tables=prepared.item_feature_tables,
-        train_on="last_position" if t.objective == "prefix" else "all_positions",
-        exclude_history=t.exclude_history,
-    )
+    try:
+        model = build_model(
+            config.model.name,
+            dict(config.model.params),
+            schema=prepared.schema,
+            item_feature_tables=prepared.item_feature_tables,
+            train_on="last_position" if t.objective == "prefix" else "all_positions",
+            exclude_history=t.exclude_history,
+        )
+    except ValueError as err:  # e.g. a feature the dataset does not have
+        raise ConfigError(f"model: {err}") from err
     # Build the weights now: BackupAndRestore needs them before fit() to restore a killed run.
     dummy = {"item_ids": np.full((1, 1), 2, dtype="int32")}
     dummy.update({f.name: np.ones((1, 1), dtype="int32") for f in prepared.schema.interaction_features})
