@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import types
 import typing
 from typing import Any
 
@@ -256,7 +257,7 @@ def _type_ok(value: Any, annotation: Any) -> bool:
         return True
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in args)
     if annotation is type(None):
         return value is None
