@@ -4,7 +4,8 @@ import pytest
 import tensorflow as tf
 from helpers import run_serialization_test
 
-from tfsidefuse.metrics import MRR, NDCG, HitRate, ranking_metrics
+import tfsidefuse.metrics as metrics_module
+from tfsidefuse.metrics import MRR, NDCG, HitRate, ranking_metrics, shared_ranks, target_ranks
 
 # Columns 0 (padding) and 1 (OOV) score highest but are never ranked.
 SCORES = np.array([100.0, 50.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], dtype="float32")
@@ -37,6 +38,42 @@ def test_excluded_ids():
     y_pred = Y_PRED.copy()
     y_pred[0, 2] = -1e9
     assert _result(HitRate(5), Y_TRUE, y_pred) == pytest.approx(1 / 3)
+
+
+def test_target_ranks_skip_excluded_columns_that_beat_the_target():
+    rank, targets = target_ranks(Y_TRUE, Y_PRED)
+    np.testing.assert_array_equal(np.asarray(rank), RANKS)
+    np.testing.assert_array_equal(np.asarray(targets), Y_TRUE)
+    # Duplicated excluded ids are taken out once; an excluded column below the target changes nothing.
+    rank, _ = target_ranks(Y_TRUE, Y_PRED, excluded_ids=(0, 1, 1, 7))
+    np.testing.assert_array_equal(np.asarray(rank), RANKS)
+
+
+def test_shared_ranks_rank_once_per_batch_with_the_same_values(monkeypatch):
+    calls = []
+    compute = metrics_module._target_ranks
+    monkeypatch.setattr(metrics_module, "_target_ranks", lambda *a: (calls.append(a[2]), compute(*a))[1])
+    y_true, y_pred = tf.constant(Y_TRUE), tf.constant(Y_PRED)
+    alone = ranking_metrics()
+    for metric in alone:
+        metric.update_state(y_true, y_pred)
+    assert len(calls) == len(alone) == 7
+    calls.clear()
+    shared = ranking_metrics() + [MRR(excluded_ids=(0, 1, 3), name="mrr_without_3")]
+    with shared_ranks():
+        for metric in shared:
+            metric.update_state(y_true, y_pred)
+        HitRate(5).update_state(tf.constant(Y_TRUE), y_pred)  # other label tensor: ranked again
+    # One rank for the standard set, one for the other excluded ids, one for the other tensor.
+    assert calls == [(0, 1), (0, 1, 3), (0, 1)]
+    for a, b in zip(alone, shared):
+        assert float(a.result()) == pytest.approx(float(b.result()))
+    assert float(shared[-1].result()) == pytest.approx(np.mean(1 / np.array([1, 2, 5])))
+    # Outside the block nothing is shared any more.
+    calls.clear()
+    HitRate(5).update_state(y_true, y_pred)
+    HitRate(10).update_state(y_true, y_pred)
+    assert len(calls) == 2
 
 
 def test_sequence_form_counts_only_real_targets():

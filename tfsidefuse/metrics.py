@@ -8,13 +8,75 @@ single target, Recall@K equals HR@K and the ideal DCG is 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 from keras import ops
 
 from tfsidefuse.data.schema import OOV_ID, PAD_ID
+
+
+_shared = threading.local()
+
+
+@contextlib.contextmanager
+def shared_ranks() -> Iterator[None]:
+    """Computes each target's rank once for every ranking metric updated inside the block.
+
+    The standard set (HR@5/10/20, NDCG@5/10/20, MRR) would otherwise compare
+    every score with the target's seven times. Inside the block, metrics
+    updated with the same `(y_true, y_pred)` tensor objects and excluded ids
+    reuse the first one's ranks; `NextItemModel.compute_metrics` opens it
+    around Keras' metric updates. Outside it, each metric ranks on its own.
+    """
+    previous = getattr(_shared, "ranks", None)
+    _shared.ranks = []
+    try:
+        yield
+    finally:
+        _shared.ranks = previous
+
+
+def target_ranks(y_true: Any, y_pred: Any, excluded_ids: Sequence[int] = (PAD_ID, OOV_ID)) -> tuple[Any, Any]:
+    """Optimistic rank of each target among the non-excluded columns, and the target ids.
+
+    Args:
+        y_true: target ids, `[batch]` or `[batch, seq_len]` (or with a
+            trailing axis of 1).
+        y_pred: scores, `[batch, num_items]` or `[batch, seq_len, num_items]`.
+        excluded_ids: columns that never take part in the ranking.
+
+    Returns:
+        `(rank, targets)`: float32 ranks (1 = best) and int32 target ids, both
+        of `y_pred`'s shape without its last axis.
+    """
+    memo = getattr(_shared, "ranks", None)
+    key = tuple(excluded_ids)
+    if memo is not None:
+        for labels, scores, ids, result in memo:
+            if labels is y_true and scores is y_pred and ids == key:
+                return result
+    result = _target_ranks(y_true, y_pred, key)
+    if memo is not None:
+        memo.append((y_true, y_pred, key, result))
+    return result
+
+
+def _target_ranks(y_true: Any, y_pred: Any, excluded_ids: tuple[int, ...]) -> tuple[Any, Any]:
+    y_pred = ops.cast(y_pred, "float32")
+    y_true = ops.cast(y_true, "int32")
+    if len(y_true.shape) == len(y_pred.shape):
+        y_true = ops.squeeze(y_true, axis=-1)
+    target_score = ops.take_along_axis(y_pred, ops.expand_dims(ops.maximum(y_true, 0), axis=-1), axis=-1)
+    better = ops.sum(ops.cast(ops.greater(y_pred, target_score), "float32"), axis=-1)
+    # Excluded columns that beat the target are taken back out: a few columns, not a [batch, num_items] mask.
+    for i in sorted(set(excluded_ids)):
+        if y_pred.shape[-1] is None or i < y_pred.shape[-1]:
+            better = better - ops.cast(ops.greater(y_pred[..., i], target_score[..., 0]), "float32")
+    return 1.0 + better, y_true
 
 
 class RankingMetric(keras.metrics.Metric):
@@ -49,17 +111,7 @@ class RankingMetric(keras.metrics.Metric):
         raise NotImplementedError
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        y_pred = ops.cast(y_pred, "float32")
-        y_true = ops.cast(y_true, "int32")
-        if len(y_true.shape) == len(y_pred.shape):
-            y_true = ops.squeeze(y_true, axis=-1)
-        target_score = ops.take_along_axis(y_pred, ops.expand_dims(ops.maximum(y_true, 0), axis=-1), axis=-1)
-        better = ops.greater(y_pred, target_score)
-        if self.excluded_ids:
-            columns = ops.arange(ops.shape(y_pred)[-1])
-            ranked = ops.all(ops.stack([ops.not_equal(columns, i) for i in self.excluded_ids]), axis=0)
-            better = ops.logical_and(better, ranked)
-        rank = 1.0 + ops.sum(ops.cast(better, "float32"), axis=-1)
+        rank, y_true = target_ranks(y_true, y_pred, self.excluded_ids)
         weight = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
         if sample_weight is not None:
             weight = weight * ops.broadcast_to(ops.cast(sample_weight, "float32"), ops.shape(weight))

@@ -243,3 +243,22 @@ def test_all_position_buckets_hold_about_as_many_slots_as_a_random_batch(varied)
         real = (x["item_ids"].numpy() != 0).sum(axis=1)
         assert len(real) <= expected[bounds.index(next(b for b in bounds if real.max() <= b))]
     assert int(bucketed.cardinality()) == sum(1 for _ in bucketed)
+
+
+def test_cache_keeps_finished_eval_batches_and_training_reshuffles(varied, tmp_path):
+    import shutil
+
+    copy = PreparedDataset.open(shutil.copytree(varied.directory, tmp_path / "copy"))
+    kwargs = {"mode": "eval", "batch_size": 3, "bucket_boundaries": [2, 5, 8]}
+    plain = batches(make_dataset(varied, "valid", **kwargs))
+    cached = make_dataset(copy, "valid", cache=True, **kwargs)
+    assert batches(cached) == plain
+    # The second pass reads the cache, not the files.
+    for path in copy.files("valid"):
+        os.remove(path)
+    assert batches(cached) == plain
+
+    train = make_dataset(varied, "train", mode="all_positions", batch_size=4, seed=3, cache=True)
+    first, second = batches(train), batches(train)
+    assert first != second
+    assert _examples(train) == _examples(make_dataset(varied, "train", mode="all_positions", batch_size=4, seed=3))

@@ -246,3 +246,38 @@ def test_invalid_arguments(kwargs, bad):
     arguments = {"hidden_dim": 8, "num_heads": 2, "attribute_dims": [4], "fusion": "sum", "max_len": MAX_LEN}
     with pytest.raises(ValueError, match=bad):
         DecoupledAttention(**{**arguments, **kwargs})
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gate"])
+def test_unknown_window_length_in_a_graph_gives_the_eager_values(fusion):
+    # Keras relaxes the traced length to None across length buckets: the fused rows are then cut in the graph.
+    import tensorflow as tf
+
+    layer = _layer(fusion)
+    _call(layer)
+    randomize_weights(layer.weights)
+    mask = np_attention_mask(ITEM_IDS)
+    spec = tf.TensorSpec((None, None, None), "float32")
+    traced = tf.function(
+        lambda items, attributes, positions, mask: _call(layer, items, attributes, positions, mask),
+        input_signature=[spec, [spec, spec], spec, tf.TensorSpec((None, None, None), "bool")],
+    )
+    np.testing.assert_allclose(
+        np.asarray(traced(ITEMS, ATTRIBUTES, POSITIONS, mask)), np.asarray(_call(layer, mask=mask)), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("fusion", ["sum", "gate"])
+def test_position_table_with_ids_equals_the_gathered_embeddings(fusion):
+    layer = _layer(fusion)
+    _call(layer)
+    randomize_weights(layer.weights)
+    rng = np.random.default_rng(7)
+    table = rng.normal(size=(MAX_LEN, 8)).astype("float32")
+    ids = np.clip(np.cumsum(ITEM_IDS != 0, axis=1) - 1, 0, MAX_LEN - 1)
+    mask = np_attention_mask(ITEM_IDS)
+    expected = _call(layer, positions=table[ids], mask=mask)
+    from_table = _call(layer, positions=table, mask=mask, position_ids=ids)
+    np.testing.assert_allclose(np.asarray(from_table), np.asarray(expected), atol=1e-5)
+    with pytest.raises(ValueError, match="position table"):
+        _call(layer, positions=table[ids], mask=mask, position_ids=ids)

@@ -73,6 +73,29 @@ def test_matches_numpy_reference(mode, gate_scorer):
     np.testing.assert_allclose(fusion(FEATURES), _np_fusion(fusion, FEATURES), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode, gate_scorer", MODES)
+@pytest.mark.parametrize("width", [1, 3, 8])
+def test_width_fuses_the_leading_entries_of_zero_extended_inputs(mode, gate_scorer, width):
+    import tensorflow as tf
+
+    fusion = _fusion(mode, gate_scorer)
+    padded = [np.where(np.arange(8) < width, f, 0.0).astype("float32") for f in FEATURES]
+    expected = _np_fusion(fusion, padded)[..., :width]
+    short = [f[..., :width] for f in FEATURES]
+    np.testing.assert_allclose(fusion(short, width=width), expected, rtol=1e-5, atol=1e-5)
+    # A width only known when the graph runs.
+    spec = tf.TensorSpec((None, None, None), "float32")
+    traced = tf.function(lambda xs, w: fusion(xs, width=w), input_signature=[[spec] * 3, tf.TensorSpec((), "int32")])
+    np.testing.assert_allclose(traced(short, tf.constant(width)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_width_needs_concat_inputs_of_hidden_dim():
+    features = [FEATURES[0], FEATURES[1][..., :3]]
+    fusion = _fusion("concat", features=features)
+    with pytest.raises(ValueError, match="hidden_dim=8"):
+        fusion([f[..., :2] for f in features], width=2)
+
+
 def test_concat_accepts_different_widths():
     features = [FEATURES[0], FEATURES[1][..., :3]]
     fusion = _fusion("concat", features=features)

@@ -241,7 +241,9 @@ def make_dataset(
         shuffle: shuffle files and examples; default True for train.
         shuffle_buffer: examples in the shuffle buffer.
         seed: seed of every random choice (file order, example order).
-        cache: cache parsed records in memory (after parsing, before shuffling).
+        cache: cache in memory: the finished batches when nothing is
+            shuffled (evaluation: later passes skip parsing, windowing and
+            padding), else the parsed records (before shuffling).
         pad_to_max_len: pad every batch to ``max_len`` (or, with buckets, to
             its bucket's upper bound) instead of its longest sequence: a fixed
             set of shapes, for XLA.
@@ -305,7 +307,7 @@ def make_dataset(
         deterministic=seed is not None or not shuffle,
     )
     ds = ds.map(lambda s: parse_sequence_examples(s, schema), num_parallel_calls=tf.data.AUTOTUNE)
-    if cache:
+    if cache and shuffle:
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -346,6 +348,8 @@ def make_dataset(
     if batches is not None:
         # Known length: Keras shows a complete progress bar and does not warn at the end of each epoch.
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    if cache and not shuffle:
+        ds = ds.cache()
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)

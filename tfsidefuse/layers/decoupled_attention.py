@@ -105,7 +105,15 @@ class DecoupledAttention(keras.layers.Layer):
             `[batch, seq_len, d_j]` tensors in the order of `attribute_dims`
             (a single tensor when there is one attribute).
         position_inputs: the position embeddings `P`, `[batch, seq_len,
-            hidden_dim]`; only with `use_position=True`.
+            hidden_dim]`; only with `use_position=True`. With
+            `position_ids`, the position table `[num_positions, hidden_dim]`
+            instead.
+        position_ids: optional int `[batch, seq_len]`, the row of the
+            position table `position_inputs` at each slot. `S_pos` is then
+            computed once per table (`[heads, num_positions,
+            num_positions]`) and gathered for each pair of slots: the same
+            values as from the gathered embeddings, without projecting a
+            position vector per slot.
         query_key_input: optional source of `Q_id, K_id`, `[batch, seq_len,
             hidden_dim]`; defaults to `inputs`.
         return_attention_scores: also return the attention probabilities
@@ -229,6 +237,22 @@ class DecoupledAttention(keras.layers.Layer):
         query, key = self._split_heads(query_dense(x), head_width), self._split_heads(key_dense(x), head_width)
         return ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
 
+    def _table_scores(self, table: Any, ids: Any) -> Any:
+        """`S_pos` from the position table and each slot's row: `[batch, heads, seq_len, seq_len]`."""
+        if len(table.shape) != 2 or len(ids.shape) != 2:
+            raise ValueError(
+                "With `position_ids` [batch, seq_len], `position_inputs` must be the position table "
+                f"[num_positions, hidden_dim]. Received shapes: position_inputs={tuple(table.shape)}, "
+                f"position_ids={tuple(ids.shape)}"
+            )
+        table = ops.expand_dims(table, axis=0)
+        scores = self._scores(self.position_query_dense, self.position_key_dense, table, self.head_dim)[0]
+        num_positions = ops.shape(table)[1]
+        ids = ops.cast(ids, "int32")
+        pairs = ops.expand_dims(ids, axis=2) * num_positions + ops.expand_dims(ids, axis=1)  # [batch, seq_len, seq_len]
+        gathered = ops.take(ops.reshape(scores, (self.num_heads, -1)), pairs, axis=1)  # [heads, batch, seq, seq]
+        return ops.transpose(gathered, (1, 0, 2, 3))
+
     def _split_heads(self, x: Any, head_width: int) -> Any:
         batch_size, length = ops.shape(x)[0], ops.shape(x)[1]
         x = ops.reshape(x, (batch_size, length, self.num_heads, head_width))
@@ -238,13 +262,20 @@ class DecoupledAttention(keras.layers.Layer):
         """Concat or gate fusion over position-indexed key rows, mapped back to key slots."""
         key_valid = ops.any(allowed, axis=1)  # [batch, seq_len]
         positions = ops.cumsum(ops.cast(key_valid, "int32"), axis=1) - 1
+        # A window of seq_len < max_len keys fills only the first seq_len entries of each max_len row: the
+        # fusion reads and writes those, with the matching slices of its weights (the same values, cheaper).
+        length = sources[0].shape[-1]
+        if length is None:
+            width = ops.minimum(ops.shape(sources[0])[-1], self.max_len)
+        else:
+            width = min(length, self.max_len)
         # slot_to_position[b, j, q] = 1 iff key j is real and at position q: an exact re-indexing.
-        slot_to_position = ops.one_hot(positions, self.max_len, dtype=self.compute_dtype)
+        slot_to_position = ops.one_hot(positions, width, dtype=self.compute_dtype)
         slot_to_position = slot_to_position * ops.cast(ops.expand_dims(key_valid, -1), slot_to_position.dtype)
         zeros = ops.zeros_like(sources[0])
         allowed = ops.expand_dims(allowed, axis=1)
         rows = [ops.einsum("bhij,bjq->bhiq", ops.where(allowed, source, zeros), slot_to_position) for source in sources]
-        fused = self.score_fusion(rows)  # [batch, heads, seq_len, max_len]
+        fused = self.score_fusion(rows, width=width)  # [batch, heads, seq_len, width]
         return ops.einsum("bhiq,bjq->bhij", fused, slot_to_position)
 
     def call(
@@ -256,6 +287,7 @@ class DecoupledAttention(keras.layers.Layer):
         return_attention_scores: bool = False,
         training: bool | None = None,
         query_key_input: Any = None,
+        position_ids: Any = None,
     ) -> Any:
         if attribute_inputs is None:
             attribute_inputs = []
@@ -286,7 +318,9 @@ class DecoupledAttention(keras.layers.Layer):
             )
         ]
         sources.append(self._scores(self.query_dense, self.key_dense, query_key_input, self.head_dim))
-        if self.use_position:
+        if self.use_position and position_ids is not None:
+            sources.append(self._table_scores(position_inputs, position_ids))
+        elif self.use_position:
             sources.append(
                 self._scores(self.position_query_dense, self.position_key_dense, position_inputs, self.head_dim)
             )

@@ -69,10 +69,13 @@ class PositionEmbedding(keras.layers.Layer):
         )
         self.built = True
 
-    def call(self, padding_mask: Any) -> Any:
+    def position_ids(self, padding_mask: Any) -> Any:
+        """The table row `p_t` of every slot, int32 `[batch, seq_len]`."""
         positions = ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1
-        positions = ops.clip(positions, 0, self.max_len - 1)
-        return ops.take(self.embeddings, positions, axis=0)
+        return ops.clip(positions, 0, self.max_len - 1)
+
+    def call(self, padding_mask: Any) -> Any:
+        return ops.take(self.embeddings, self.position_ids(padding_mask), axis=0)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from tfsidefuse.data.schema import NUM_RESERVED_IDS
-from tfsidefuse.metrics import ranking_metrics
+from tfsidefuse.metrics import ranking_metrics, shared_ranks
 from tfsidefuse.models.backbone import Backbone
 
 TRAIN_ON = ("all_positions", "last_position")
@@ -209,7 +209,9 @@ class NextItemModel(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         y, sample_weight = self._pack(x, self._slot_labels(x, y), y_pred, sample_weight)
-        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        # The ranking metrics share one rank per example instead of ranking the full item set each.
+        with shared_ranks():
+            return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _exclude(self, logits: Any, item_ids: Any) -> Any:
         num_items = self.backbone.num_items

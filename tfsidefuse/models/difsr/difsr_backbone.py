@@ -187,7 +187,8 @@ class DIFSRBackbone(SideFeatureBackbone):
         item_ids = inputs["item_ids"]
         mask = padding_mask(item_ids)
         attributes = self.side_embedding_list(inputs)
-        positions = self.position_embedding(mask)
+        # The position score map is computed on the table and gathered per pair of slots.
+        position_ids = self.position_embedding.position_ids(mask)
         x = self.normalize_embeddings(self.item_embedding(item_ids), training)
         causal_mask = attention_mask(mask, causal=True)
         for block in self.transformer_layers:
@@ -195,7 +196,8 @@ class DIFSRBackbone(SideFeatureBackbone):
                 x,
                 attention_mask=causal_mask,
                 attribute_inputs=attributes,
-                position_inputs=positions,
+                position_inputs=self.position_embedding.embeddings,
+                position_ids=position_ids,
                 training=training,
             )
         return x
