@@ -18,7 +18,6 @@ from keras import ops
 
 from tfsidefuse.data.schema import OOV_ID, PAD_ID
 
-
 _shared = threading.local()
 
 
