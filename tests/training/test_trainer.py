@@ -129,13 +129,25 @@ def test_killed_run_resumes_from_backup(tmp_path, monkeypatch):
     assert epochs == ["0", "1", "2"]
 
 
-def test_prefix_objective_trains(tmp_path):
-    config = small_config(tmp_path, objective="prefix", epochs=1)
-    result = trainer.train(config, evaluate_test=False)
+def test_prefix_objective_trains_and_extra_callbacks_run_after_the_configs(tmp_path):
+    class Seen(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.logs = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.logs.append((epoch, sorted(logs)))
+
+    seen = Seen()
+    config = small_config(tmp_path, objective="prefix", epochs=2, eval_every=2)
+    result = trainer.train(config, evaluate_test=False, callbacks=[seen])
+    # Epoch 1 has no validation; epoch 2 has, and the history callback's logs reach the extra one.
+    assert [epoch for epoch, _ in seen.logs] == [0, 1]
+    assert "val_ndcg@20" not in seen.logs[0][1] and "val_ndcg@20" in seen.logs[1][1]
     assert result.model.train_on == "last_position"
     assert (
         result.metrics["train_sequences"]
-        == trainer.PreparedDataset.open(config.dataset.prepared_dir).stats["train_targets"]
+        == 2 * trainer.PreparedDataset.open(config.dataset.prepared_dir).stats["train_targets"]
     )
     assert "test" not in result.metrics
 

@@ -150,8 +150,17 @@ def _check_resumable(run_dir: str, config: RunConfig) -> None:
         )
 
 
-def train(config: RunConfig, prepared: PreparedDataset | None = None, *, evaluate_test: bool = True) -> TrainResult:
+def train(
+    config: RunConfig,
+    prepared: PreparedDataset | None = None,
+    *,
+    evaluate_test: bool = True,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainResult:
     """Trains a model from a config; restores the best validation weights.
+
+    ``callbacks`` are added to the config's own (early stopping, checkpoints,
+    logs, timing) and run after them.
 
     Writes ``model.keras``, ``config.yaml``, ``history.csv``, TensorBoard logs
     and ``metrics.json`` (best validation and test metrics, epochs, timing) to
@@ -172,7 +181,7 @@ def train(config: RunConfig, prepared: PreparedDataset | None = None, *, evaluat
     mode = "prefix" if t.objective == "prefix" else "all_positions"
     model = create_model(config, prepared)
     per_epoch = prepared.stats["train_targets" if mode == "prefix" else "train_sequences"]
-    callbacks = default_callbacks(t, examples_per_epoch=per_epoch)
+    callbacks = default_callbacks(t, examples_per_epoch=per_epoch) + list(callbacks or [])
 
     start = time.perf_counter()
     history = model.fit(
