@@ -7,7 +7,8 @@ Usage (from the project root; prepares the dataset if needed):
 Each stage is a compiled `tf.function` timed over the same cached batches of the config's own training pipeline
 (length buckets, objective), after a warm-up pass; the stages are cumulative, so each row's extra time over the
 previous one is what that stage costs (the last one is Keras's own compiled train step, which applies the sparse
-gradient of the item table directly). Run nothing else on the machine meanwhile.
+gradient of the item table directly). With --per-width it also times one train step per padded batch width and
+sums count x step time over the epoch's widths. Run nothing else on the machine meanwhile.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--batches", type=int, default=40, help="batches timed per stage")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--per-width", action="store_true", help="also time one Keras train step per padded batch width of an epoch"
+    )
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -52,7 +56,11 @@ def main(argv=None) -> int:
     train_ds, _ = training_datasets(config, prepared)
     model = create_model(config, prepared)
 
-    num_batches = sum(1 for _ in train_ds)  # the first pass fills the cache
+    widths: dict[int, list] = {}  # padded width -> [batch count, one batch of that width]
+    for x, y in train_ds:  # the first pass fills the cache
+        entry = widths.setdefault(int(x["item_ids"].shape[1]), [0, (x, y)])
+        entry[0] += 1
+    num_batches = sum(count for count, _ in widths.values())
     start = time.perf_counter()
     sum(1 for _ in train_ds)
     pipeline_epoch = time.perf_counter() - start
@@ -95,6 +103,15 @@ def main(argv=None) -> int:
         f"input pipeline alone: {pipeline_epoch:.1f} s per epoch ({1000 * pipeline_epoch / num_batches:.1f} ms/batch)"
     )
     print(f"estimated epoch: {total * num_batches / 1000:.1f} s")
+    if args.per_width:
+        # Long windows cost more per batch: the epoch is the sum over widths of count x step time.
+        print(f"{'padded width':>12} {'batches':>8} {'sequences':>10} {'ms/step':>9} {'s/epoch':>8}")
+        epoch = 0.0
+        for width, (count, (x, y)) in sorted(widths.items()):
+            ms = _time(train_step, [(x, y)], args.repeats)
+            epoch += count * ms / 1000
+            print(f"{width:>12} {count:>8} {int(x['item_ids'].shape[0]):>10} {ms:>9.0f} {count * ms / 1000:>8.1f}")
+        print(f"sum over widths: {epoch:.1f} s per epoch of train steps")
     return 0
 
 
