@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from published import best_published  # noqa: E402
@@ -58,6 +60,13 @@ def _changes(record: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in changes.items()) or "as shipped"
 
 
+def _objective(record: dict) -> str:
+    from tfsidefuse.models.registry import is_cloze
+
+    # Records written before the trainer named it: Cloze backbones train on masked items.
+    return "cloze" if is_cloze(record.get("model", "")) else record.get("objective", "?")
+
+
 def format_results(records: list[dict]) -> str:
     header = (
         "| dataset | model | side features | config changes | objective | HR@10 | HR@20 | NDCG@10 | NDCG@20 | "
@@ -79,7 +88,7 @@ def format_results(records: list[dict]) -> str:
         if record.get("backend"):
             hardware += f", {record['backend']}"
         lines.append(
-            f"| {dataset} | {model} | {_features(record)} | {_changes(record)} | {record.get('objective', '?')} | "
+            f"| {dataset} | {model} | {_features(record)} | {_changes(record)} | {_objective(record)} | "
             f"{test['hr@10']:.4f} | {test['hr@20']:.4f} | {test['ndcg@10']:.4f} | {test['ndcg@20']:.4f} | "
             f"{paper} | {delta} | {record['epochs_run']} ({record['best_epoch']}) | {record['wall_seconds']:.0f} | "
             f"{record['train_sequences_per_second']:.0f} | {hardware} |"

@@ -39,16 +39,22 @@ def test_best_validation_run_is_shown_with_the_gap_to_the_best_paper():
         _record("sasrec", 0.060, 0.0500, []),
         _record("sasrec", 0.061, 0.0490, []),
         _record("difsr", 0.070, 0.0600, ["attributes"]),
+        _record("bert4rec", 0.050, 0.0400, []),
     ]
     lines = table.format_results(records).splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 5
+    # Cloze backbones are shown with the task they train on, whatever the record's objective says.
+    bert = next(line for line in lines if "| bert4rec |" in line)
+    assert "| cloze |" in bert and "all_positions" not in bert
     # The higher-validation SASRec run wins although its test number is lower; SASRec sorts before DIF-SR.
     assert "| sasrec | ids only | as shipped |" in lines[2] and "| 0.0490 |" in lines[2]
     # Best published SASRec NDCG@20 is the ASIF paper's 0.0516.
     assert "0.1225 / 0.0516 (ASIF paper) | -0.0026 |" in lines[2]
-    assert "| difsr | attributes | as shipped |" in lines[3]
-    assert "0.1284 / 0.0541 (DIF-SR paper) | +0.0059 |" in lines[3]
-    assert "| 12 (2) | 100 | 1234 | cpu |" in lines[3]
+    difsr = next(line for line in lines if "| difsr |" in line)
+    assert lines.index(difsr) > 2
+    assert "| difsr | attributes | as shipped |" in difsr
+    assert "0.1284 / 0.0541 (DIF-SR paper) | +0.0059 |" in difsr
+    assert "| 12 (2) | 100 | 1234 | cpu |" in difsr
 
 
 def test_readme_block_is_replaced_and_missing_markers_fail():

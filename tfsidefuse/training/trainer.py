@@ -20,7 +20,7 @@ from tfsidefuse.data.ingest import encode
 from tfsidefuse.data.pipeline import make_dataset
 from tfsidefuse.data.prepared import PreparedDataset, write_prepared
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
-from tfsidefuse.models.registry import build_model
+from tfsidefuse.models.registry import build_model, is_cloze
 from tfsidefuse.training.callbacks import TrainingTimer, default_callbacks
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,8 @@ def train(
     metrics: dict = {
         "model": config.model.name,
         "dataset": prepared.schema.name,
-        "objective": t.objective,
+        # Cloze backbones train on masked items whatever `objective` says.
+        "objective": "cloze" if is_cloze(config.model.name) else t.objective,
         # Absolute epochs: a resumed run continues the numbering of the killed one.
         "epochs_run": history.epoch[-1] + 1 if history.epoch else 0,
         "best_epoch": (early.best_epoch + 1) if early.best_weights is not None else None,
