@@ -154,7 +154,12 @@ class EmbeddingFusion(keras.layers.Layer):
             scores = self.gate_dense(stacked)
         else:
             scores = self.gate_output_dense(self.gate_hidden_dense(stacked))
-        gates = ops.softmax(ops.cast(scores, "float32"), axis=-2)  # [..., m, 1]
+        return self._gated_sum(stacked, scores)
+
+    @staticmethod
+    def _gated_sum(stacked: Any, scores: Any) -> Any:
+        """`sum_k softmax_k(e_k) f_k` of stacked features `[..., m, d]` and scores `[..., m, 1]`."""
+        gates = ops.softmax(ops.cast(scores, "float32"), axis=-2)
         return ops.sum(stacked * ops.cast(gates, stacked.dtype), axis=-2)
 
     def _call_truncated(self, features: list[Any], width: Any) -> Any:
@@ -183,8 +188,7 @@ class EmbeddingFusion(keras.layers.Layer):
             hidden = ops.matmul(stacked, weight(self.gate_hidden_dense.kernel)[:width])
             hidden = ops.relu(hidden + weight(self.gate_hidden_dense.bias))
             scores = ops.matmul(hidden, weight(self.gate_output_dense.kernel))
-        gates = ops.softmax(ops.cast(scores, "float32"), axis=-2)
-        return ops.sum(stacked * ops.cast(gates, stacked.dtype), axis=-2)
+        return self._gated_sum(stacked, scores)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
