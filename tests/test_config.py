@@ -56,6 +56,11 @@ def test_valid_config_and_overrides(tmp_path):
         (with_("training", length_buckets="some"), "training.length_buckets must be .* got 'some'"),
         (with_("training", length_buckets=[5, 500]), "length_buckets: bound 500 exceeds dataset.max_len"),
         (with_("training", jit_compile="yes"), r"training.jit_compile: expected bool, got 'yes'"),
+        (with_("training", weight_decay=-0.1), r"training.weight_decay must be >= 0, got -0.1"),
+        (with_("training", reduce_lr_factor=1.5), r"training.reduce_lr_factor must be in \(0, 1\) or null, got 1.5"),
+        (with_("training", reduce_lr_factor="half"), r"training.reduce_lr_factor: expected .* got 'half'"),
+        (with_("training", reduce_lr_patience=0), "training.reduce_lr_patience must be a positive integer, got 0"),
+        (with_("training", min_learning_rate=0.01), r"training.min_learning_rate must be .* got 0.01"),
     ],
 )
 def test_mistakes_fail_early_naming_key_and_value(tmp_path, data, message):

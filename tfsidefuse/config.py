@@ -137,6 +137,15 @@ class TrainingConfig:
         batch_size: training examples per batch.
         eval_batch_size: evaluation examples per batch.
         learning_rate: Adam learning rate.
+        weight_decay: decoupled weight decay of Adam (AdamW; 0 = none, as the
+            papers); biases and layer-norm scales and offsets are not decayed.
+        reduce_lr_factor: multiply the learning rate by this factor (in
+            ``(0, 1)``) when the monitored validation metric has not improved
+            for ``reduce_lr_patience`` validations; ``null`` (default) keeps
+            it constant, as the papers.
+        reduce_lr_patience: validations without improvement before each
+            reduction.
+        min_learning_rate: the learning rate is never reduced below this.
         objective: ``all_positions`` (one example per user, loss at every
             position) or ``prefix`` (every prefix an example, loss at its end).
         eval_every: validate every this many epochs.
@@ -147,6 +156,9 @@ class TrainingConfig:
         cache: cache parsed records in memory.
         exclude_history: rank only items not in the input sequence (off by
             default, as in the papers).
+        train_metrics: also compute the ranking metrics on the training
+            batches (off by default: training logs carry the loss, validation
+            logs every metric).
         steps_per_epoch: cap on training steps per epoch (default: one pass).
         verbose: Keras progress output (``auto``, 0, 1 or 2).
         length_buckets: batch training and evaluation examples by length:
@@ -165,6 +177,10 @@ class TrainingConfig:
     batch_size: int = 256
     eval_batch_size: int = 512
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    reduce_lr_factor: float | None = None
+    reduce_lr_patience: int = 3
+    min_learning_rate: float = 0.0
     objective: str = "all_positions"
     eval_every: int = 1
     monitor: str = "ndcg@20"
@@ -173,6 +189,7 @@ class TrainingConfig:
     shuffle_buffer: int = 10_000
     cache: bool = True
     exclude_history: bool = False
+    train_metrics: bool = False
     steps_per_epoch: int | None = None
     verbose: Any = "auto"
     length_buckets: Any = "auto"
@@ -180,12 +197,29 @@ class TrainingConfig:
     mixed_precision: bool = False
 
     def validate(self) -> None:
-        for key in ("epochs", "batch_size", "eval_batch_size", "eval_every", "patience", "shuffle_buffer"):
+        for key in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "eval_every",
+            "patience",
+            "shuffle_buffer",
+            "reduce_lr_patience",
+        ):
             _positive(f"training.{key}", getattr(self, key))
         if self.steps_per_epoch is not None:
             _positive("training.steps_per_epoch", self.steps_per_epoch)
         if not self.learning_rate > 0:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.reduce_lr_factor is not None and not 0 < self.reduce_lr_factor < 1:
+            raise ConfigError(f"training.reduce_lr_factor must be in (0, 1) or null, got {self.reduce_lr_factor!r}")
+        if not 0 <= self.min_learning_rate < self.learning_rate:
+            raise ConfigError(
+                f"training.min_learning_rate must be >= 0 and below learning_rate={self.learning_rate!r}, "
+                f"got {self.min_learning_rate!r}"
+            )
         _one_of("training.objective", self.objective, OBJECTIVES)
         _one_of("training.monitor", self.monitor, MONITORED)
         _one_of("training.verbose", self.verbose, ("auto", 0, 1, 2))
@@ -203,7 +237,7 @@ class TrainingConfig:
             raise ConfigError(
                 f"training.length_buckets must be 'auto', null or a list of ascending positive ints, got {buckets!r}"
             )
-        for key in ("jit_compile", "mixed_precision"):
+        for key in ("jit_compile", "mixed_precision", "train_metrics", "exclude_history", "cache"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"training.{key} must be true or false, got {getattr(self, key)!r}")
 

@@ -127,7 +127,7 @@ def test_compile_defaults_and_overrides():
 
 
 def test_fit_with_dynamic_sequence_lengths(tmp_path):
-    model = _model(dropout=0.5)
+    model = _model(dropout=0.5, train_metrics=True)
     model.compile()
     history = model.fit(_dataset((5, 8, 3)), validation_data=_dataset((6, 4), last_position=True), epochs=2, verbose=0)
     for key in ("loss", "hr@10", "ndcg@10", "mrr", "val_loss", "val_hr@10", "val_ndcg@20", "val_mrr"):
@@ -148,11 +148,29 @@ def test_fit_with_dynamic_sequence_lengths(tmp_path):
 
 
 def test_fit_on_last_position_labels():
-    model = _model(train_on="last_position")
+    model = _model(train_on="last_position", train_metrics=True)
     model.compile(metrics=[NDCG(10), MRR()])
     history = model.fit(_dataset((5, 7), last_position=True), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert 0.0 < history.history["mrr"][0] <= 1.0
+
+
+@pytest.mark.parametrize("train_on", ["all_positions", "last_position"])
+def test_training_batches_track_only_the_loss_unless_train_metrics(train_on):
+    last = train_on == "last_position"
+    train, valid = _dataset((5, 8, 3), last_position=last), _dataset((6, 4), last_position=True)
+    logs = {}
+    for train_metrics in (False, True):
+        model = _model(dropout=0.5, train_on=train_on, train_metrics=train_metrics)
+        model.compile()
+        logs[train_metrics] = model.fit(train, validation_data=valid, epochs=2, verbose=0).history
+        # Evaluation after training computes every metric again.
+        assert set(model.evaluate(valid, verbose=0, return_dict=True)) >= {"loss", "hr@10", "ndcg@20", "mrr"}
+    assert sorted(k for k in logs[False] if not k.startswith("val_")) == ["loss"]
+    assert {"hr@10", "ndcg@20", "mrr"} <= set(logs[True])
+    # The metrics only observe: same seed, same losses and validation metrics either way.
+    for key in ("loss", "val_loss", "val_hr@10", "val_ndcg@20", "val_mrr"):
+        np.testing.assert_allclose(logs[False][key], logs[True][key], rtol=1e-5, err_msg=key)
 
 
 def test_gradients_reach_every_weight():
@@ -220,16 +238,20 @@ def test_mixed_precision_logits_are_float32():
 
 
 def test_config_round_trip():
-    model = _model(train_on="last_position", exclude_history=True)
+    model = _model(train_on="last_position", exclude_history=True, train_metrics=True)
     run_serialization_test(model)
     revived = NextItemModel.from_config(model.get_config())
-    assert revived.train_on == "last_position" and revived.exclude_history
+    assert revived.train_on == "last_position" and revived.exclude_history and revived.train_metrics
     assert revived.backbone.get_config() == model.backbone.get_config()
 
 
 @pytest.mark.parametrize(
     "kwargs, bad",
-    [({"train_on": "first_position"}, "first_position"), ({"exclude_history": "yes"}, "yes")],
+    [
+        ({"train_on": "first_position"}, "first_position"),
+        ({"exclude_history": "yes"}, "yes"),
+        ({"train_metrics": 1}, "train_metrics=1"),
+    ],
 )
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):

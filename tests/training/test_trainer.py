@@ -9,6 +9,7 @@ from tfsidefuse.config import ConfigError, RunConfig
 from tfsidefuse.data.pipeline import make_dataset
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
 from tfsidefuse.training import trainer
+from tfsidefuse.training.callbacks import ValidationReduceLROnPlateau, default_callbacks
 
 
 def small_config(tmp_path, **training) -> RunConfig:
@@ -166,3 +167,56 @@ def test_speed_options_train_to_the_same_kind_of_model(tmp_path, options):
     # The global policy is left alone.
     assert keras.config.dtype_policy().name == "float32"
     assert result.metrics["valid"]["hr@20"] > 0.1
+
+
+def test_weight_decay_spares_biases_and_layer_norms(tmp_path):
+    config = small_config(tmp_path, weight_decay=0.5, learning_rate=0.1)
+    model = trainer.create_model(config, trainer.prepare(config))
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+    before = [v.numpy().copy() for v in variables]
+    # Zero gradients: Adam's own step is 0, only the decoupled decay w <- w - lr * wd * w moves a variable.
+    optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in variables])
+    kinds = set()
+    for v, old in zip(variables, before):
+        if v.name in trainer.NOT_DECAYED:
+            np.testing.assert_array_equal(v.numpy(), old, err_msg=v.path)
+        else:
+            np.testing.assert_allclose(v.numpy(), old * (1 - 0.1 * 0.5), rtol=1e-6, err_msg=v.path)
+        kinds.add(v.name)
+    assert {"embeddings", "kernel", "bias", "gamma", "beta"} <= kinds
+    # No decay by default (the papers' Adam).
+    assert trainer.create_model(small_config(tmp_path), trainer.prepare(config)).optimizer.weight_decay is None
+
+
+def _lr_model(learning_rate):
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    return model
+
+
+def test_learning_rate_reduction_counts_validations_only():
+    callback = ValidationReduceLROnPlateau(monitor="val_ndcg@20", mode="max", factor=0.5, patience=2, verbose=0)
+    callback.set_model(_lr_model(0.1))
+    callback.on_train_begin()
+    lrs = []
+    # Validations at epochs 0, 2, 3, 4 (1 has none, as with eval_every > 1): 0.5 best, then two without improvement.
+    for epoch, logs in enumerate([{"val_ndcg@20": 0.5}, {}, {"val_ndcg@20": 0.4}, {"val_ndcg@20": 0.5}, {}]):
+        callback.on_epoch_end(epoch, logs)
+        lrs.append(logs["learning_rate"])
+    # Logged: the rate each epoch trained with. The reduction comes after epoch 3 (the second validation without
+    # improvement); had epoch 1 counted, it would have come after epoch 2.
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.1, 0.1, 0.05], rtol=1e-6)
+    assert float(callback.model.optimizer.learning_rate) == pytest.approx(0.05)
+
+
+def test_learning_rate_reduction_is_wired_to_the_monitored_metric(tmp_path):
+    config = small_config(tmp_path, monitor="hr@10", reduce_lr_factor=0.3, reduce_lr_patience=2, min_learning_rate=1e-4)
+    [reduce] = [c for c in default_callbacks(config.training) if isinstance(c, ValidationReduceLROnPlateau)]
+    assert (reduce.monitor, reduce.factor, reduce.patience, reduce.min_lr) == ("val_hr@10", 0.3, 2, 1e-4)
+    assert not any(isinstance(c, ValidationReduceLROnPlateau) for c in default_callbacks(small_config(tmp_path).training))
+    result = trainer.train(small_config(tmp_path, epochs=2, reduce_lr_factor=0.5), evaluate_test=False)
+    with open(os.path.join(config.training.run_dir, "history.csv")) as fh:
+        header = fh.readline().strip().split(",")
+    assert "learning_rate" in header
+    assert result.history["learning_rate"][0] == pytest.approx(5e-3)

@@ -166,6 +166,8 @@ class MaskedItemModel(NextItemModel):
         self.built = True
 
     def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
+        # Read by `compute_metrics`, traced in the same step right after this call.
+        object.__setattr__(self, "_training_call", bool(training))
         if training:
             return self._cloze_logits(inputs)
         # Outputs of this call are not Cloze outputs: `compute_loss` must use the given labels.

@@ -40,7 +40,12 @@ class NextItemModel(keras.Model):
 
     `compile()` without arguments uses Adam(1e-3), sparse categorical
     cross-entropy from logits ignoring label 0, and full-ranking HR@K, NDCG@K
-    (K = 5, 10, 20) and MRR; any argument overrides its default. During
+    (K = 5, 10, 20) and MRR; any argument overrides its default. The ranking
+    metrics are computed by `evaluate` and on `fit`'s validation data; on the
+    training batches only the loss is tracked unless `train_metrics` is set
+    (ranking every training slot against every item costs about a seventh of
+    a training step, and a training-set HR@K is not what model selection
+    needs). During
     training, the backbone's auxiliary objectives
     (`Backbone.auxiliary_loss`, which sees the batch's labels) and any loss
     it adds with `add_loss` are added to the next-item loss.
@@ -51,6 +56,9 @@ class NextItemModel(keras.Model):
             `fit` trains.
         exclude_history: at inference, never recommend items already in the
             input sequence. Off by default: RecBole's full ranking keeps them.
+        train_metrics: also compute the compiled metrics on the training
+            batches in `fit` (the training logs then carry `hr@10` etc.
+            beside `loss`). Off by default: only the loss is tracked there.
         **kwargs: standard model arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -80,6 +88,7 @@ class NextItemModel(keras.Model):
         backbone: Backbone,
         train_on: str = "all_positions",
         exclude_history: bool = False,
+        train_metrics: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,9 +98,12 @@ class NextItemModel(keras.Model):
             raise ValueError(f"`train_on` must be one of {TRAIN_ON}. Received: train_on={train_on!r}")
         if not isinstance(exclude_history, bool):
             raise ValueError(f"`exclude_history` must be a bool. Received: exclude_history={exclude_history!r}")
+        if not isinstance(train_metrics, bool):
+            raise ValueError(f"`train_metrics` must be a bool. Received: train_metrics={train_metrics!r}")
         self.backbone = backbone
         self.train_on = train_on
         self.exclude_history = exclude_history
+        self.train_metrics = train_metrics
 
     def build(self, inputs_shape: Any = None) -> None:
         if not self.backbone.built:
@@ -104,6 +116,8 @@ class NextItemModel(keras.Model):
             all_positions = bool(training) and self.train_on == "all_positions"
             packed = all_positions and self._packs_positions()
         inputs = self._sanitize(inputs, keep_last=not all_positions)
+        # Read by `compute_metrics`, traced in the same step right after this call.
+        object.__setattr__(self, "_training_call", bool(training))
         hidden = self.backbone(inputs, training=training)
         if training:
             # Read back by `compute_loss` in the same traced step, for the backbone's auxiliary objectives.
@@ -209,6 +223,12 @@ class NextItemModel(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         y, sample_weight = self._pack(x, self._slot_labels(x, y), y_pred, sample_weight)
+        if getattr(self, "_training_call", False) and not self.train_metrics:
+            # A training step: only the loss (tracked by the trainer itself). The compiled metrics are
+            # built all the same: Keras reads their (unused) results at the end of the epoch.
+            if self._compile_metrics is not None and not self._compile_metrics.built:
+                self._compile_metrics.build(y, y_pred)
+            return {m.name: m.result() for m in self.metrics if m.name == "loss"}
         # The ranking metrics share one rank per example instead of ranking the full item set each.
         with shared_ranks():
             return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -281,6 +301,7 @@ class NextItemModel(keras.Model):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "train_on": self.train_on,
             "exclude_history": self.exclude_history,
+            "train_metrics": self.train_metrics,
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),

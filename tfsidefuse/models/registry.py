@@ -171,6 +171,7 @@ def build_model(
     item_feature_tables: dict | None = None,
     train_on: str = "all_positions",
     exclude_history: bool = False,
+    train_metrics: bool = False,
 ) -> NextItemModel:
     """A :class:`NextItemModel` around the named backbone.
 
@@ -179,11 +180,12 @@ def build_model(
     which takes the params in :data:`CLOZE_PARAMS` (``mask_prob``,
     ``ft_ratio``, ...) from ``params``; it trains on either objective
     (``train_on`` only says which labels the data carry, and Cloze training
-    uses their last item).
+    uses their last item). ``train_metrics`` also computes the ranking metrics
+    on the training batches (see :class:`NextItemModel`).
     """
     params, task_params = split_task_params(name, params)
     if is_cloze(name):
         backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)
-        return MaskedItemModel(backbone, exclude_history=exclude_history, **task_params)
+        return MaskedItemModel(backbone, exclude_history=exclude_history, train_metrics=train_metrics, **task_params)
     backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)
-    return NextItemModel(backbone, train_on=train_on, exclude_history=exclude_history)
+    return NextItemModel(backbone, train_on=train_on, exclude_history=exclude_history, train_metrics=train_metrics)

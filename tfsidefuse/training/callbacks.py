@@ -22,6 +22,20 @@ class ValidationEarlyStopping(keras.callbacks.EarlyStopping):
         return super().get_monitor_value(logs)
 
 
+class ValidationReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` that, like :class:`ValidationEarlyStopping`, counts validations only.
+
+    Epochs without the monitored ``val_*`` metric (``validation_freq > 1``)
+    neither count towards the patience nor warn.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor in (logs or {}):
+            super().on_epoch_end(epoch, logs)
+        elif logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 class TrainingTimer(keras.callbacks.Callback):
     """Measures time spent in training steps (validation excluded).
 
@@ -53,15 +67,31 @@ class TrainingTimer(keras.callbacks.Callback):
 
 
 def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[keras.callbacks.Callback]:
-    """Early stopping on the validation metric with best-weight restore,
-    ``BackupAndRestore`` (a killed run resumes), TensorBoard and CSV logs, timing."""
+    """Early stopping on the validation metric with best-weight restore, the
+    optional learning-rate reduction on the same metric, ``BackupAndRestore``
+    (a killed run resumes), TensorBoard and CSV logs, timing."""
     run_dir = training_config.run_dir
     backup_dir = os.path.join(run_dir, "backup")
     resuming = os.path.isdir(backup_dir)
+    monitor = f"val_{training_config.monitor}"
+    schedule = []
+    if training_config.reduce_lr_factor is not None:
+        schedule.append(
+            ValidationReduceLROnPlateau(
+                monitor=monitor,
+                mode="max",
+                factor=training_config.reduce_lr_factor,
+                patience=training_config.reduce_lr_patience,
+                min_delta=0.0,
+                min_lr=training_config.min_learning_rate,
+                verbose=1,
+            )
+        )
     return [
         TrainingTimer(examples_per_epoch),
+        *schedule,
         ValidationEarlyStopping(
-            monitor=f"val_{training_config.monitor}",
+            monitor=monitor,
             mode="max",
             patience=training_config.patience,
             restore_best_weights=True,

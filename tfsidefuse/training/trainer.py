@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 PREPARE_FINGERPRINT = "prepare_config.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+#: Variable names that weight decay leaves alone: biases and layer-norm scales and offsets.
+NOT_DECAYED = ("bias", "output_bias", "gamma", "beta")
 
 
 def read_raw(dataset_config):
@@ -89,6 +91,7 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
             item_feature_tables=prepared.item_feature_tables,
             train_on="last_position" if t.objective == "prefix" else "all_positions",
             exclude_history=t.exclude_history,
+            train_metrics=t.train_metrics,
         )
     except ValueError as err:  # e.g. a feature the dataset does not have
         raise ConfigError(f"model: {err}") from err
@@ -98,8 +101,21 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
     dummy = {"item_ids": np.full((1, 1), 2, dtype="int32")}
     dummy.update({f.name: np.ones((1, 1), dtype="int32") for f in prepared.schema.interaction_features})
     model(dummy)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=t.learning_rate), jit_compile=t.jit_compile)
+    model.compile(optimizer=make_optimizer(t, model), jit_compile=t.jit_compile)
     return model
+
+
+def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Optimizer:
+    """Adam with the config's learning rate and decoupled weight decay (none by default, as the papers).
+
+    With ``weight_decay`` > 0 (AdamW), biases and layer-norm parameters are not
+    decayed; embedding tables and kernels are.
+    """
+    t = training_config
+    optimizer = keras.optimizers.Adam(learning_rate=t.learning_rate, weight_decay=t.weight_decay or None)
+    if t.weight_decay:
+        optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if v.name in NOT_DECAYED])
+    return optimizer
 
 
 def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
