@@ -214,7 +214,8 @@ def test_learning_rate_reduction_is_wired_to_the_monitored_metric(tmp_path):
     config = small_config(tmp_path, monitor="hr@10", reduce_lr_factor=0.3, reduce_lr_patience=2, min_learning_rate=1e-4)
     [reduce] = [c for c in default_callbacks(config.training) if isinstance(c, ValidationReduceLROnPlateau)]
     assert (reduce.monitor, reduce.factor, reduce.patience, reduce.min_lr) == ("val_hr@10", 0.3, 2, 1e-4)
-    assert not any(isinstance(c, ValidationReduceLROnPlateau) for c in default_callbacks(small_config(tmp_path).training))
+    default = default_callbacks(small_config(tmp_path).training)
+    assert not any(isinstance(c, ValidationReduceLROnPlateau) for c in default)
     result = trainer.train(small_config(tmp_path, epochs=2, reduce_lr_factor=0.5), evaluate_test=False)
     with open(os.path.join(config.training.run_dir, "history.csv")) as fh:
         header = fh.readline().strip().split(",")
