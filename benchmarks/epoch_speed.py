@@ -11,6 +11,9 @@ sequences per epoch), and the epoch time ratio: with the loss at every position 
 users but trains on the same 131,413 next-item targets as the official prefix epoch. The first epoch includes tracing
 and is reported separately; run nothing else meanwhile.
 The training set-up (objective, length buckets, XLA, mixed precision) is the config's, as `tfsidefuse train`.
+With --starvation it also measures whether the input pipeline keeps up: one pass of the pipeline alone, and one
+`fit` epoch over the same batches held in memory; the difference to a `fit` epoch on the live pipeline is the time the
+training steps waited for input (or lost to the pipeline's threads on the same cores).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs timed (0: the evaluation pass only)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--reference", choices=sorted(OFFICIAL), help="compare with the official figures")
+    parser.add_argument(
+        "--starvation", action="store_true", help="also time the pipeline alone and an epoch from batches in memory"
+    )
     args = parser.parse_args(argv)
 
     import yaml
@@ -63,6 +69,17 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         model.fit(train_ds, epochs=1, verbose=0, shuffle=False)
         epoch_seconds.append(time.perf_counter() - start)
+    starvation = None
+    if args.starvation and epoch_seconds:
+        start = time.perf_counter()
+        num_batches = sum(1 for _ in train_ds)
+        pipeline_seconds = time.perf_counter() - start
+        in_memory = train_ds.cache()
+        for _ in in_memory:  # fills the cache: one epoch of finished batches
+            pass
+        start = time.perf_counter()
+        model.fit(in_memory, epochs=1, verbose=0, shuffle=False)
+        starvation = (pipeline_seconds, num_batches, time.perf_counter() - start)
     eval_seconds = []
     for _ in range(2):
         start = time.perf_counter()
@@ -85,6 +102,14 @@ def main(argv=None) -> int:
             (f"epoch, mean of {len(steady)} (s)", f"{per_epoch:.1f}"),
             ("training sequences/s", f"{throughput:.0f}"),
             (f"training targets/s ({targets} per epoch)", f"{targets / per_epoch:.0f}"),
+        ]
+    if starvation:
+        pipeline_seconds, num_batches, memory_seconds = starvation
+        waited = per_epoch - memory_seconds
+        rows += [
+            (f"input pipeline alone, {num_batches} batches (s)", f"{pipeline_seconds:.1f}"),
+            ("epoch from batches in memory (s)", f"{memory_seconds:.1f}"),
+            ("steps waiting on input (s per epoch, share)", f"{waited:.1f} ({100 * waited / per_epoch:.0f}%)"),
         ]
     rows += [
         (f"full-ranking validation pass, {prepared.stats['users']} users (s)", f"{eval_seconds[-1]:.1f}"),

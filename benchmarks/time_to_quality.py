@@ -63,6 +63,7 @@ def main(argv=None) -> int:
             value = self.model.evaluate(test_ds, verbose=0, return_dict=True)[args.metric]
             self.bookkeeping += time.perf_counter() - begin
             self.rows.append((epoch + 1, wall, value))
+            print(f"epoch {epoch + 1}: {wall:.0f} s, test {args.metric} {value:.4f}", flush=True)
             if self.reached is None and value >= args.target:
                 self.reached = (epoch + 1, wall)
 
