@@ -325,10 +325,13 @@ def make_dataset(
         return _window(seqs, 0, n - 1, max_len), rec[ITEM_ID][n - 1]
 
     def to_prefixes(rec):
-        seqs = {k: rec[k] for k in keep}
+        # All prefixes of a record at once: row t - 1 holds the window of events before target t.
         n = tf.shape(rec[ITEM_ID])[0]
-        targets = tf.data.Dataset.range(1, tf.cast(n, tf.int64)).map(lambda t: tf.cast(t, tf.int32))
-        return targets.map(lambda t: (_window(seqs, 0, t, max_len), rec[ITEM_ID][t]))
+        targets = tf.range(1, n)
+        windows = tf.ragged.range(tf.maximum(0, targets - max_len), targets)
+        inputs = {(ITEM_IDS if k == ITEM_ID else k): tf.gather(rec[k], windows) for k in keep}
+        # Rows of the ragged windows are 1-D tensors (the batching step's map makes them plain tensors).
+        return tf.data.Dataset.from_tensor_slices((inputs, tf.gather(rec[ITEM_ID], targets)))
 
     if mode == "all_positions":
         ds = ds.filter(lambda rec: tf.shape(rec[ITEM_ID])[0] >= 2)
