@@ -237,7 +237,7 @@ class TrainingConfig:
             raise ConfigError(
                 f"training.length_buckets must be 'auto', null or a list of ascending positive ints, got {buckets!r}"
             )
-        for key in ("jit_compile", "mixed_precision", "train_metrics", "exclude_history", "cache"):
+        for key in ("jit_compile", "mixed_precision"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"training.{key} must be true or false, got {getattr(self, key)!r}")
 

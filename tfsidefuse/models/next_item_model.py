@@ -222,12 +222,14 @@ class NextItemModel(keras.Model):
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        skip = getattr(self, "_training_call", False) and not self.train_metrics
+        if skip and (self._compile_metrics is None or self._compile_metrics.built):
+            # A training step: only the loss (tracked by the trainer itself), no label packing.
+            return {m.name: m.result() for m in self.metrics if m.name == "loss"}
         y, sample_weight = self._pack(x, self._slot_labels(x, y), y_pred, sample_weight)
-        if getattr(self, "_training_call", False) and not self.train_metrics:
-            # A training step: only the loss (tracked by the trainer itself). The compiled metrics are
-            # built all the same: Keras reads their (unused) results at the end of the epoch.
-            if self._compile_metrics is not None and not self._compile_metrics.built:
-                self._compile_metrics.build(y, y_pred)
+        if skip:
+            # Built all the same (once, at the first trace): Keras reads their unused results at the epoch's end.
+            self._compile_metrics.build(y, y_pred)
             return {m.name: m.result() for m in self.metrics if m.name == "loss"}
         # The ranking metrics share one rank per example instead of ranking the full item set each.
         with shared_ranks():
