@@ -121,6 +121,10 @@ class ModelConfig:
         # Cloze backbones: the task params (`mask_prob`, ...) configure the `MaskedItemModel` around them.
         params, task_params = split_task_params(self.name, params)
         _check_kwargs("model", params, backbone, exclude=("num_items", "max_len", *derived))
+        if "position_order" in params:
+            from tfsidefuse.layers.position_embedding import POSITION_ORDERS
+
+            _one_of("model.position_order", params["position_order"], POSITION_ORDERS)
         if task_params:
             _check_kwargs("model", task_params, MaskedItemModel, exclude=("backbone", "exclude_history"))
         if params is not self.params:

@@ -28,6 +28,30 @@ def test_backbone_behaviors(tmp_path):
     run_backbone_test(SASRecBackbone, INIT_KWARGS, {"item_ids": ITEM_IDS}, tmp_path)
 
 
+def test_newest_first_serialization_round_trip(tmp_path):
+    run_backbone_test(SASRecBackbone, {**INIT_KWARGS, "position_order": "newest_first"}, {"item_ids": ITEM_IDS}, tmp_path)
+    backbone = _backbone(position_order="newest_first")
+    backbone({"item_ids": ITEM_IDS})
+    assert backbone.position_embedding.order == "newest_first"
+    assert SASRecBackbone.from_config(backbone.get_config()).position_order == "newest_first"
+
+
+def test_position_orders_differ_only_through_the_positions():
+    oldest, newest = _backbone(), _backbone(position_order="newest_first")
+    inputs = {"item_ids": ITEM_IDS}
+    oldest(inputs)
+    newest(inputs)
+    newest.set_weights(oldest.get_weights())
+    # A full-length row numbers its slots 0..9 one way and 9..0 the other.
+    full = np.arange(2, 12)[None, :]
+    flipped_table = np.asarray(oldest.position_embedding.embeddings)[::-1]
+    newest.position_embedding.embeddings.assign(flipped_table)
+    np.testing.assert_allclose(newest({"item_ids": full}), oldest({"item_ids": full}), atol=1e-5)
+    # A shorter row is not the same: its latest item sits at row 0 of the flipped table, not at row 9.
+    short = np.array([[0, 0, 0, 5, 7, 9, 4, 3, 2, 8]])
+    assert not np.allclose(newest({"item_ids": short}), oldest({"item_ids": short}), atol=1e-3)
+
+
 def test_weights_and_defaults():
     backbone = SASRecBackbone(num_items=30)
     backbone({"item_ids": ITEM_IDS})
@@ -40,20 +64,27 @@ def test_weights_and_defaults():
     assert backbone.auxiliary_loss({"item_ids": ITEM_IDS}, ITEM_IDS, None) == {}
 
 
-def test_padding_invariance():
-    assert_padding_invariant(_backbone(), {"item_ids": ITEM_IDS})
+@pytest.mark.parametrize("position_order", ["oldest_first", "newest_first"])
+def test_padding_invariance(position_order):
+    assert_padding_invariant(_backbone(position_order=position_order), {"item_ids": ITEM_IDS})
 
 
-def test_causality():
-    assert_causal(_backbone(), {"item_ids": ITEM_IDS}, {"item_ids": 20})
+@pytest.mark.parametrize("position_order", ["oldest_first", "newest_first"])
+def test_causality(position_order):
+    assert_causal(_backbone(position_order=position_order), {"item_ids": ITEM_IDS}, {"item_ids": 20})
 
 
-def test_matches_numpy_reference():
-    backbone = _backbone()
+@pytest.mark.parametrize("position_order", ["oldest_first", "newest_first"])
+def test_matches_numpy_reference(position_order):
+    backbone = _backbone(position_order=position_order)
     backbone({"item_ids": ITEM_IDS})
     randomize_weights(backbone.weights)
     real = ITEM_IDS != 0
-    positions = np.clip(np.cumsum(real, axis=1) - 1, 0, None)
+    if position_order == "oldest_first":
+        positions = np.clip(np.cumsum(real, axis=1) - 1, 0, None)
+    else:
+        # Slot t counts the real items at t and after it, minus one.
+        positions = np.clip(np.cumsum(real[:, ::-1], axis=1)[:, ::-1] - 1, 0, None)
     x = (
         np.asarray(backbone.item_embedding.embeddings)[ITEM_IDS]
         + np.asarray(backbone.position_embedding.embeddings)[positions]
@@ -93,6 +124,7 @@ def test_gradients_reach_every_weight():
         ({"ff_dim": -1}, "ff_dim=-1"),
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"attention_dropout": -0.5}, "attention_dropout=-0.5"),
+        ({"position_order": "latest"}, "position_order='latest'"),
     ],
 )
 def test_invalid_arguments(kwargs, bad):

@@ -7,24 +7,37 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfsidefuse.layers._checks import check_positive_int, get_initializer
+from tfsidefuse.layers._checks import check_choice, check_positive_int, get_initializer
+
+#: The two ways of numbering the slots of a window, see `PositionEmbedding`.
+POSITION_ORDERS = ("oldest_first", "newest_first")
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
 class PositionEmbedding(keras.layers.Layer):
-    """Learned position table indexed from the oldest real item of the window.
+    """Learned position table indexed from the oldest or the newest real item.
 
-    For a left-padded window with padding mask `m`, the position of slot `t` is
-    `p_t = clip(cumsum(m)_t - 1, 0, max_len - 1)`, so the oldest real item has
-    position 0 whatever the amount of left padding, as RecBole's right-padded
-    slot index. The layer returns `P[p]`. Padded slots get row 0; their outputs
-    are never read.
+    For a left-padded window with padding mask `m`, the position of slot `t` is,
+    with `order="oldest_first"` (the default), `p_t = clip(sum_{j<=t} m_j - 1,
+    0, max_len - 1)`: the oldest real item has position 0 whatever the amount
+    of left padding, as RecBole's right-padded slot index. With
+    `order="newest_first"`, `p_t = clip(sum_{j>=t} m_j - 1, 0, max_len - 1)`:
+    the most recent item always has position 0 and position `k` means "`k`
+    items before the latest", as the original SASRec's left-padded slot index
+    counted from the end. Both are invariant to left padding. The layer returns
+    `P[p]`. Padded slots get row 0 (oldest first) or a clipped row (newest
+    first); their outputs are never read.
+
+    With `newest_first`, appending an item renumbers every earlier slot, so a
+    slot's position tells how many items follow it in the window; changing
+    the id of a later item still changes nothing at earlier slots.
 
     Args:
         max_len: number of rows of the table (the longest window).
         hidden_dim: embedding width `d`.
         embeddings_initializer: initializer of the table; `None` gives
             `N(0, 0.02)`, as RecBole.
+        order: `"oldest_first"` or `"newest_first"`, where position 0 is.
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -42,7 +55,8 @@ class PositionEmbedding(keras.layers.Layer):
     ```
 
     Reference:
-        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+        Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018;
+        the RecBole implementation (Zhao et al., CIKM 2021).
     """
 
     def __init__(
@@ -50,11 +64,14 @@ class PositionEmbedding(keras.layers.Layer):
         max_len: int,
         hidden_dim: int,
         embeddings_initializer: Any = None,
+        order: str = "oldest_first",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_positive_int("max_len", max_len)
         check_positive_int("hidden_dim", hidden_dim)
+        check_choice("order", order, POSITION_ORDERS)
+        self.order = order
         self.max_len = max_len
         self.hidden_dim = hidden_dim
         self.embeddings_initializer = get_initializer(embeddings_initializer)
@@ -71,7 +88,13 @@ class PositionEmbedding(keras.layers.Layer):
 
     def position_ids(self, padding_mask: Any) -> Any:
         """The table row `p_t` of every slot, int32 `[batch, seq_len]`."""
-        positions = ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1
+        real = ops.cast(padding_mask, "int32")
+        seen = ops.cumsum(real, axis=1)
+        if self.order == "newest_first":
+            # Real items at slots >= t: the total minus those before t.
+            positions = ops.sum(real, axis=1, keepdims=True) - seen + real - 1
+        else:
+            positions = seen - 1
         return ops.clip(positions, 0, self.max_len - 1)
 
     def call(self, padding_mask: Any) -> Any:
@@ -84,6 +107,7 @@ class PositionEmbedding(keras.layers.Layer):
                 "max_len": self.max_len,
                 "hidden_dim": self.hidden_dim,
                 "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "order": self.order,
             }
         )
         return config

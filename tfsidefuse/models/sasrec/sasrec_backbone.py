@@ -6,10 +6,10 @@ from typing import Any
 
 import keras
 
-from tfsidefuse.layers._checks import check_positive_int, check_transformer_args
+from tfsidefuse.layers._checks import check_choice, check_positive_int, check_transformer_args
 from tfsidefuse.layers.item_embedding import ItemEmbedding
 from tfsidefuse.layers.masks import attention_mask, padding_mask
-from tfsidefuse.layers.position_embedding import PositionEmbedding
+from tfsidefuse.layers.position_embedding import POSITION_ORDERS, PositionEmbedding
 from tfsidefuse.layers.transformer_block import TransformerBlock
 from tfsidefuse.models.backbone import Backbone
 
@@ -19,7 +19,8 @@ class SASRecBackbone(Backbone):
     """SASRec: causal self-attention over item ids and learned positions.
 
     `X^0 = Dropout(LN(E_item[s] + P[pos]))`, with positions counted from the
-    oldest real item of the window (no `sqrt(d)` scaling, as RecBole), then
+    oldest real item of the window (no `sqrt(d)` scaling, as RecBole; or from
+    the newest, `position_order="newest_first"`, as the original SASRec), then
     `num_layers` post-LN `TransformerBlock`s with the causal mask: slot `t`
     attends the real items at slots `<= t`. The output `[batch, seq_len,
     hidden_dim]` is read out by `NextItemModel` against the item embedding.
@@ -35,6 +36,9 @@ class SASRecBackbone(Backbone):
         dropout: dropout rate on the embeddings and the residual branches.
         attention_dropout: dropout rate on the attention probabilities.
         layer_norm_epsilon: epsilon of every layer normalization.
+        position_order: `"oldest_first"` (position 0 is the oldest item of the
+            window, RecBole) or `"newest_first"` (position 0 is the latest
+            item); see `PositionEmbedding`.
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -72,11 +76,14 @@ class SASRecBackbone(Backbone):
         dropout: float = 0.5,
         attention_dropout: float = 0.5,
         layer_norm_epsilon: float = 1e-12,
+        position_order: str = "oldest_first",
         **kwargs: Any,
     ) -> None:
         super().__init__(num_items=num_items, hidden_dim=hidden_dim, max_len=max_len, **kwargs)
         check_positive_int("num_layers", num_layers)
         check_transformer_args(hidden_dim, num_heads, ff_dim, dropout, attention_dropout, layer_norm_epsilon)
+        check_choice("position_order", position_order, POSITION_ORDERS)
+        self.position_order = position_order
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.ff_dim = ff_dim
@@ -98,7 +105,11 @@ class SASRecBackbone(Backbone):
         """
         self.build_item_tables()
         self.position_embedding = PositionEmbedding(
-            self.max_len, self.hidden_dim, dtype=self.dtype_policy, name="position_embedding"
+            self.max_len,
+            self.hidden_dim,
+            order=self.position_order,
+            dtype=self.dtype_policy,
+            name="position_embedding",
         )
         self.position_embedding.build()
         self.build_side_embeddings()
@@ -216,6 +227,7 @@ class SASRecBackbone(Backbone):
                 "dropout": self.dropout,
                 "attention_dropout": self.attention_dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "position_order": self.position_order,
             }
         )
         return config
