@@ -29,7 +29,8 @@ def test_backbone_behaviors(tmp_path):
 
 
 def test_newest_first_serialization_round_trip(tmp_path):
-    run_backbone_test(SASRecBackbone, {**INIT_KWARGS, "position_order": "newest_first"}, {"item_ids": ITEM_IDS}, tmp_path)
+    init_kwargs = {**INIT_KWARGS, "position_order": "newest_first"}
+    run_backbone_test(SASRecBackbone, init_kwargs, {"item_ids": ITEM_IDS}, tmp_path)
     backbone = _backbone(position_order="newest_first")
     backbone({"item_ids": ITEM_IDS})
     assert backbone.position_embedding.order == "newest_first"
