@@ -45,6 +45,10 @@ def test_valid_config_and_overrides(tmp_path):
         (with_("model", hidden=64), r"model: unknown key\(s\) \['hidden'\]"),
         (with_("model", num_layers="two"), r"model.num_layers: expected int, got 'two'"),
         (with_("model", position_order="latest"), "model.position_order must be one of .* got 'latest'"),
+        (
+            with_("model", name="difsr", attribute_predictor_bias="mean"),
+            "model.attribute_predictor_bias must be one of .* got 'mean'",
+        ),
         (with_("dataset", source="csv"), "dataset.source must be one of .* got 'csv'"),
         (with_("dataset", source="s3rec"), "dataset.path is required for source 's3rec'"),
         (with_("dataset", source="s3rec", path="/no/such/dir"), "directory not found: '/no/such/dir'"),

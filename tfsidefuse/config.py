@@ -121,10 +121,9 @@ class ModelConfig:
         # Cloze backbones: the task params (`mask_prob`, ...) configure the `MaskedItemModel` around them.
         params, task_params = split_task_params(self.name, params)
         _check_kwargs("model", params, backbone, exclude=("num_items", "max_len", *derived))
-        if "position_order" in params:
-            from tfsidefuse.layers.position_embedding import POSITION_ORDERS
-
-            _one_of("model.position_order", params["position_order"], POSITION_ORDERS)
+        for key, choices in _model_choices().items():
+            if key in params:
+                _one_of(f"model.{key}", params[key], choices)
         if task_params:
             _check_kwargs("model", task_params, MaskedItemModel, exclude=("backbone", "exclude_history"))
         if params is not self.params:
@@ -383,6 +382,14 @@ def _coerce_float(value: Any, annotation: Any) -> Any:
     if wants_float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def _model_choices() -> dict[str, tuple]:
+    """Model params whose allowed values are the same in every model that has them."""
+    from tfsidefuse.layers.position_embedding import POSITION_ORDERS
+    from tfsidefuse.models.difsr.difsr_backbone import PREDICTOR_BIASES
+
+    return {"position_order": POSITION_ORDERS, "attribute_predictor_bias": PREDICTOR_BIASES}
 
 
 def _check_kwargs(where: str, params: dict, fn, exclude: tuple) -> None:

@@ -24,6 +24,7 @@ from helpers import (
 
 from tfsidefuse.layers import DecoupledAttention
 from tfsidefuse.models import DIFSRBackbone, NextItemModel
+from tfsidefuse.models.difsr.difsr_backbone import attribute_log_odds
 
 INTERACTION_FEATURES = [{"name": "action", "vocab_size": 6}]
 INIT_KWARGS = {
@@ -126,6 +127,7 @@ def test_defaults_are_the_official_beauty_hyper_parameters():
         "fusion": "gate",
         "pooling": "sum",
         "lambda_attr": 10.0,
+        "attribute_predictor_bias": "zeros",
     }
     assert {k: config[k] for k in defaults} == defaults
 
@@ -335,6 +337,44 @@ def test_fit_trains_attribute_tables_and_predictors():
     assert_fit_trains(model, inputs, labels, watched, any_change=True)
 
 
+def test_attribute_log_odds_by_hand():
+    # Rows 0 and 1 (padding, OOV) are left out: 4 real items; a repeated id counts once per item.
+    table = np.array([[0, 0], [0, 0], [2, 3], [2, 0], [3, 3], [4, 2]])
+    # n_c = 0, 3, 2, 1, 0 for c = 1..5, q_c = (n_c + 1) / 6.
+    expected = [0.0, np.log(1 / 5), np.log(2.0), 0.0, np.log(1 / 2), np.log(1 / 5)]
+    np.testing.assert_allclose(attribute_log_odds(table, 6), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_prior_predictor_bias_starts_at_the_attribute_frequencies():
+    zeros, prior = _backbone(**NO_DROPOUT), _backbone(attribute_predictor_bias="prior", **NO_DROPOUT)
+    tables = item_feature_tables()
+    for feature, predictor in zip(ITEM_FEATURES, prior.attribute_predictors):
+        np.testing.assert_allclose(predictor.bias, attribute_log_odds(tables[feature["name"]], feature["vocab_size"]))
+    for predictor in zeros.attribute_predictors:
+        np.testing.assert_array_equal(predictor.bias, 0.0)
+    # The same seed gives the same other weights: only the predictor biases differ, and the prior starts the
+    # attribute losses lower than probability 0.5 for every attribute.
+    zeros_loss = zeros.auxiliary_loss(INPUTS, LABELS, zeros(INPUTS))
+    prior_loss = prior.auxiliary_loss(INPUTS, LABELS, prior(INPUTS))
+    for name in ("attribute_category", "attribute_brand"):
+        assert float(prior_loss[name]) < float(zeros_loss[name])
+    # With a zero kernel the predicted probabilities are the smoothed item frequencies.
+    predictor = prior.attribute_predictors[1]
+    predictor.kernel.assign(np.zeros(predictor.kernel.shape, "float32"))
+    probabilities = keras.ops.sigmoid(predictor(np.ones((1, 8), "float32")))[0, 2:]
+    brands = tables["brand"][2:, 0]
+    np.testing.assert_allclose(probabilities, [(np.sum(brands == b) + 1) / (len(brands) + 2) for b in (2, 3, 4)])
+
+
+def test_prior_predictor_bias_survives_save_and_reload(tmp_path):
+    model = _model(attribute_predictor_bias="prior")
+    trained = np.linspace(-3.0, 1.0, ITEM_FEATURES[0]["vocab_size"]).astype("float32")
+    model.backbone.attribute_predictors[0].bias.assign(trained)
+    restored = run_model_saving_test(model, INPUTS, tmp_path)
+    assert restored.backbone.attribute_predictor_bias == "prior"
+    np.testing.assert_array_equal(restored.backbone.attribute_predictors[0].bias, trained)
+
+
 def test_set_item_feature_tables_validates():
     backbone = DIFSRBackbone(**INIT_KWARGS)
     with pytest.raises(ValueError, match=r"lacks the item feature\(s\) \['brand'\]"):
@@ -351,6 +391,7 @@ def test_set_item_feature_tables_validates():
         ({"attribute_hidden_dim": 4.0}, "attribute_hidden_dim=4.0"),
         ({"fusion": "add"}, "fusion='add'"),
         ({"pooling": "median"}, "pooling='median'"),
+        ({"attribute_predictor_bias": "ones"}, "attribute_predictor_bias='ones'"),
         ({"lambda_attr": -1.0}, "lambda_attr=-1.0"),
         ({"lambda_attr": "10"}, "lambda_attr='10'"),
         ({"dropout": 1.5}, "dropout=1.5"),

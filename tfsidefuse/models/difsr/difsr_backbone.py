@@ -6,13 +6,41 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
-from tfsidefuse.data.schema import PAD_ID
+from tfsidefuse.data.schema import NUM_RESERVED_IDS, PAD_ID
 from tfsidefuse.layers._checks import check_choice, get_initializer
 from tfsidefuse.layers.decoupled_attention import SCORE_FUSIONS, DecoupledAttention
 from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
+
+#: Initial biases of the attribute predictors, see `DIFSRBackbone`.
+PREDICTOR_BIASES = ("zeros", "prior")
+
+
+def attribute_log_odds(table: Any, vocab_size: int) -> np.ndarray:
+    """Log-odds of each attribute id among the real items of an item feature table.
+
+    Args:
+        table: integer array `[num_items, max_values]`, the attribute ids of
+            every item (rows 0 and 1, the padding and OOV items, are left out;
+            repeated ids in a row count once).
+        vocab_size: size of the attribute vocabulary.
+
+    Returns:
+        float32 `[vocab_size]`: `log(q_c / (1 - q_c))` with the add-one
+        smoothed frequency `q_c = (n_c + 1) / (n + 2)` of attribute `c` over
+        the `n` real items; entry 0 (padding, never predicted) is 0.
+    """
+    items = np.asarray(table)[NUM_RESERVED_IDS:]
+    counts = np.zeros(vocab_size, dtype="float64")
+    for row in items:
+        counts[np.unique(row)] += 1.0
+    frequency = (counts + 1.0) / (len(items) + 2.0)
+    log_odds = np.log(frequency) - np.log1p(-frequency)
+    log_odds[PAD_ID] = 0.0
+    return log_odds.astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
@@ -46,6 +74,18 @@ class DIFSRBackbone(SideFeatureBackbone):
     tables train (the official code leaves them frozen by mistake); their
     initialisation is `N(0, 0.02)` like every other table.
 
+    The predictor biases start at 0 (`attribute_predictor_bias="zeros"`, as
+    the official code), so every attribute starts at probability 0.5 although
+    an item carries a few of hundreds: with a large `lambda_attr` the first
+    updates then push the hidden states towards "no attribute", and the
+    next-item metrics hardly move for the first epochs. `"prior"` starts each
+    bias at the log-odds of its attribute's frequency among the items of the
+    table, `c_j[c] = log(q_c / (1 - q_c))` with `q_c = (n_c + 1) / (n + 2)`
+    (`n_c` of the `n` real items carry attribute `c`); the loss, the model
+    and its other weights are the same. The biases are set when the tables
+    are assigned with `set_item_feature_tables` (a model loaded from a file
+    keeps its trained biases).
+
     Args:
         num_items: size of the item id space, including the padding id 0 and
             the OOV id 1.
@@ -72,6 +112,8 @@ class DIFSRBackbone(SideFeatureBackbone):
             multi-valued item features.
         lambda_attr: weight `lambda` of every attribute predictor loss; `0`
             turns them off.
+        attribute_predictor_bias: `"zeros"` (official) or `"prior"`, the
+            initial biases of the attribute predictors (see above).
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -120,6 +162,7 @@ class DIFSRBackbone(SideFeatureBackbone):
         fusion: str = "gate",
         pooling: str = "sum",
         lambda_attr: float = 10.0,
+        attribute_predictor_bias: str = "zeros",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -149,9 +192,11 @@ class DIFSRBackbone(SideFeatureBackbone):
         check_choice("fusion", fusion, SCORE_FUSIONS)
         if isinstance(lambda_attr, bool) or not isinstance(lambda_attr, (int, float)) or not lambda_attr >= 0:
             raise ValueError(f"`lambda_attr` must be a number >= 0. Received: lambda_attr={lambda_attr!r}")
+        check_choice("attribute_predictor_bias", attribute_predictor_bias, PREDICTOR_BIASES)
         self.attribute_hidden_dim = attribute_hidden_dim
         self.fusion = fusion
         self.lambda_attr = lambda_attr
+        self.attribute_predictor_bias = attribute_predictor_bias
 
     @property
     def side_embedding_dim(self) -> int:
@@ -182,6 +227,19 @@ class DIFSRBackbone(SideFeatureBackbone):
             predictor.build((None, None, self.hidden_dim))
             self.attribute_predictors.append(predictor)
         self.built = True
+
+    def set_item_feature_tables(self, tables: Mapping[str, Any]) -> None:
+        """Assigns the item feature tables; with `attribute_predictor_bias="prior"` also the predictor biases.
+
+        Args:
+            tables: dict feature name -> integer array `[num_items,
+                max_values]` with an all-zero row 0, one per item feature.
+        """
+        super().set_item_feature_tables(tables)
+        if self.attribute_predictor_bias != "prior":
+            return
+        for feature, predictor in zip(self.item_features, self.attribute_predictors):
+            predictor.bias.assign(attribute_log_odds(tables[feature["name"]], feature["vocab_size"]))
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
         item_ids = inputs["item_ids"]
@@ -235,6 +293,7 @@ class DIFSRBackbone(SideFeatureBackbone):
                 "attribute_hidden_dim": self.attribute_hidden_dim,
                 "fusion": self.fusion,
                 "lambda_attr": self.lambda_attr,
+                "attribute_predictor_bias": self.attribute_predictor_bias,
             }
         )
         return config
