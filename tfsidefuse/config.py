@@ -120,7 +120,15 @@ class ModelConfig:
             params = {k: v for k, v in params.items() if k != FEATURES_PARAM}
         # Cloze backbones: the task params (`mask_prob`, ...) configure the `MaskedItemModel` around them.
         params, task_params = split_task_params(self.name, params)
-        _check_kwargs("model", params, backbone, exclude=("num_items", "max_len", *derived))
+        # Every backbone passes its keyword arguments down to `SASRecBackbone`, which numbers the positions.
+        inherited = {
+            k: params[k]
+            for k in INHERITED_MODEL_PARAMS
+            if k in params and k not in inspect.signature(backbone).parameters
+        }
+        own = {k: v for k, v in params.items() if k not in inherited}
+        _check_kwargs("model", own, backbone, exclude=("num_items", "max_len", *derived))
+        params.update(own)  # keep the values `_check_kwargs` coerced
         for key, choices in _model_choices().items():
             if key in params:
                 _one_of(f"model.{key}", params[key], choices)
@@ -382,6 +390,10 @@ def _coerce_float(value: Any, annotation: Any) -> Any:
     if wants_float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+#: Model params that every backbone accepts through its keyword arguments (see `SASRecBackbone`).
+INHERITED_MODEL_PARAMS = ("position_order",)
 
 
 def _model_choices() -> dict[str, tuple]:

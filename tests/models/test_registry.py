@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from helpers import randomize_weights
 
 from tfsidefuse.config import ConfigError, ModelConfig
 from tfsidefuse.data.schema import DatasetSchema, FeatureSpec
@@ -140,3 +141,31 @@ def test_every_backbone_builds_from_a_schema_with_unique_weight_paths(name):
     paths = [w.path for w in backbone.weights]
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     assert not repeated, f"{name}: repeated weight paths {repeated}"
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_numbers_positions_from_the_newest_item_on_request(name):
+    config = ModelConfig(name, {**PARAMS, "position_order": "newest_first"})
+    config.validate()
+    backbone = build_backbone(name, config.params, schema=SCHEMA, item_feature_tables=TABLES)
+    oldest = build_backbone(name, PARAMS, schema=SCHEMA, item_feature_tables=TABLES)
+    oldest(INPUTS)
+    backbone(INPUTS)
+    assert backbone.position_embedding.order == "newest_first"
+    assert type(backbone).from_config(backbone.get_config()).position_order == "newest_first"
+    # Weights far from their N(0, 0.02) start, where position terms that enter through products are tiny.
+    randomize_weights(oldest.trainable_weights)
+    backbone.set_weights(oldest.get_weights())
+    # The same weights, only the numbering differs: the window of 3 real items uses position rows 0..2 one way
+    # and 2..0 the other.
+    assert not np.allclose(backbone(INPUTS), oldest(INPUTS), atol=1e-4)
+    if backbone.causal:
+        # Changing the latest item leaves the earlier real slots (1 and 2; slot 0 is padding) as they were.
+        changed = {**INPUTS, "item_ids": INPUTS["item_ids"].copy()}
+        changed["item_ids"][0, -1] = 9
+        np.testing.assert_allclose(backbone(changed)[:, 1:-1], backbone(INPUTS)[:, 1:-1], atol=1e-5)
+
+
+def test_position_order_is_checked_for_every_model():
+    with pytest.raises(ConfigError, match="model.position_order must be one of .* got 'last'"):
+        ModelConfig("difsr", {"position_order": "last"}).validate()
