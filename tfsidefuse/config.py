@@ -121,12 +121,8 @@ class ModelConfig:
         # Cloze backbones: the task params (`mask_prob`, ...) configure the `MaskedItemModel` around them.
         params, task_params = split_task_params(self.name, params)
         # Every backbone passes its keyword arguments down to `SASRecBackbone`, which numbers the positions.
-        inherited = {
-            k: params[k]
-            for k in INHERITED_MODEL_PARAMS
-            if k in params and k not in inspect.signature(backbone).parameters
-        }
-        own = {k: v for k, v in params.items() if k not in inherited}
+        declared = inspect.signature(backbone).parameters
+        own = {k: v for k, v in params.items() if k in declared or k not in INHERITED_MODEL_PARAMS}
         _check_kwargs("model", own, backbone, exclude=("num_items", "max_len", *derived))
         params.update(own)  # keep the values `_check_kwargs` coerced
         for key, choices in _model_choices().items():

@@ -34,10 +34,9 @@ def attribute_log_odds(table: Any, vocab_size: int) -> np.ndarray:
         the `n` real items; entry 0 (padding, never predicted) is 0.
     """
     items = np.asarray(table)[NUM_RESERVED_IDS:]
-    counts = np.zeros(vocab_size, dtype="float64")
-    for row in items:
-        counts[np.unique(row)] += 1.0
-    frequency = (counts + 1.0) / (len(items) + 2.0)
+    present = np.zeros((len(items), vocab_size), dtype=bool)
+    present[np.arange(len(items))[:, None], items] = True
+    frequency = (present.sum(axis=0) + 1.0) / (len(items) + 2.0)
     log_odds = np.log(frequency) - np.log1p(-frequency)
     log_odds[PAD_ID] = 0.0
     return log_odds.astype("float32")
