@@ -66,6 +66,11 @@ def test_valid_config_and_overrides(tmp_path):
         (with_("training", reduce_lr_factor="half"), r"training.reduce_lr_factor: expected .* got 'half'"),
         (with_("training", reduce_lr_patience=0), "training.reduce_lr_patience must be a positive integer, got 0"),
         (with_("training", min_learning_rate=0.01), r"training.min_learning_rate must be .* got 0.01"),
+        (with_("training", lr_schedule="linear"), r"training.lr_schedule must be one of .* got 'linear'"),
+        (
+            with_("training", lr_schedule="cosine", reduce_lr_factor=0.5),
+            r"training.lr_schedule='cosine' .* cannot be combined with training.reduce_lr_factor=0.5",
+        ),
     ],
 )
 def test_mistakes_fail_early_naming_key_and_value(tmp_path, data, message):

@@ -23,6 +23,7 @@ class ConfigError(ValueError):
 
 SOURCES = ("demo", "s3rec", "recbole", "tfds", "prepared")
 OBJECTIVES = ("all_positions", "prefix")
+LR_SCHEDULES = ("constant", "cosine")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 
 
@@ -153,6 +154,11 @@ class TrainingConfig:
         reduce_lr_patience: validations without improvement before each
             reduction.
         min_learning_rate: the learning rate is never reduced below this.
+        lr_schedule: ``constant`` (default, as the papers) or ``cosine``: the
+            learning rate of epoch ``e`` (from 0) is ``min_learning_rate +
+            (learning_rate - min_learning_rate) * (1 + cos(pi * e / epochs)) / 2``,
+            a decay over the whole epoch budget (``training.epochs``) for runs
+            with a fixed time; not combined with ``reduce_lr_factor``.
         objective: ``all_positions`` (one example per user, loss at every
             position) or ``prefix`` (every prefix an example, loss at its end).
         eval_every: validate every this many epochs.
@@ -188,6 +194,7 @@ class TrainingConfig:
     reduce_lr_factor: float | None = None
     reduce_lr_patience: int = 3
     min_learning_rate: float = 0.0
+    lr_schedule: str = "constant"
     objective: str = "all_positions"
     eval_every: int = 1
     monitor: str = "ndcg@20"
@@ -226,6 +233,12 @@ class TrainingConfig:
             raise ConfigError(
                 f"training.min_learning_rate must be >= 0 and below learning_rate={self.learning_rate!r}, "
                 f"got {self.min_learning_rate!r}"
+            )
+        _one_of("training.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule != "constant" and self.reduce_lr_factor is not None:
+            raise ConfigError(
+                f"training.lr_schedule={self.lr_schedule!r} sets the learning rate of every epoch; "
+                f"it cannot be combined with training.reduce_lr_factor={self.reduce_lr_factor!r}"
             )
         _one_of("training.objective", self.objective, OBJECTIVES)
         _one_of("training.monitor", self.monitor, MONITORED)

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 from helpers import assert_gradients_reach_every_weight, run_serialization_test
 
+from tfsidefuse.losses import NextItemCrossEntropy
 from tfsidefuse.metrics import MRR, NDCG, HitRate
 from tfsidefuse.models import NextItemModel, SASRecBackbone
 
@@ -116,8 +117,8 @@ def test_compile_defaults_and_overrides():
     model.compile()
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-3)
-    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
-    assert model.loss.get_config()["from_logits"] and model.loss.get_config()["ignore_class"] == 0
+    assert isinstance(model.loss, NextItemCrossEntropy)
+    assert model.loss.reduction == "sum_over_batch_size"
     names = [m.name for m in model._compile_config.config["metrics"]]
     assert names == ["hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr"]
 

@@ -9,7 +9,7 @@ from tfsidefuse.config import ConfigError, RunConfig
 from tfsidefuse.data.pipeline import make_dataset
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
 from tfsidefuse.training import trainer
-from tfsidefuse.training.callbacks import ValidationReduceLROnPlateau, default_callbacks
+from tfsidefuse.training.callbacks import ValidationReduceLROnPlateau, cosine_learning_rate, default_callbacks
 
 
 def small_config(tmp_path, **training) -> RunConfig:
@@ -221,3 +221,24 @@ def test_learning_rate_reduction_is_wired_to_the_monitored_metric(tmp_path):
         header = fh.readline().strip().split(",")
     assert "learning_rate" in header
     assert result.history["learning_rate"][0] == pytest.approx(5e-3)
+
+
+def test_cosine_learning_rate_by_hand():
+    # Half a cosine period from 0.01 to 0.001 over 4 epochs: cos(pi e / 4) = 1, 0.7071, 0, -0.7071.
+    got = [cosine_learning_rate(e, 4, 0.01, 0.001) for e in range(5)]
+    expected = [0.01, 0.001 + 0.009 * (1 + 0.5**0.5) / 2, 0.0055, 0.001 + 0.009 * (1 - 0.5**0.5) / 2, 0.001]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_cosine_schedule_sets_every_epoch_rate_and_resumes_at_its_epoch(tmp_path):
+    assert not any(isinstance(c, keras.callbacks.LearningRateScheduler) for c in default_callbacks(small_config(tmp_path).training))
+    config = small_config(tmp_path, epochs=3, lr_schedule="cosine", min_learning_rate=1e-3)
+    result = trainer.train(config, evaluate_test=False)
+    expected = [cosine_learning_rate(e, 3, 5e-3, 1e-3) for e in range(3)]
+    np.testing.assert_allclose(result.history["learning_rate"], expected, rtol=1e-5)
+    assert expected[0] > expected[1] > expected[2] > 1e-3
+    # A resumed run (BackupAndRestore) starts its scheduler at the epoch it resumes from.
+    [scheduler] = [c for c in default_callbacks(config.training) if isinstance(c, keras.callbacks.LearningRateScheduler)]
+    scheduler.set_model(_lr_model(5e-3))
+    scheduler.on_epoch_begin(2)
+    assert float(scheduler.model.optimizer.learning_rate) == pytest.approx(expected[2])

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfsidefuse.data.schema import NUM_RESERVED_IDS
+from tfsidefuse.losses import NextItemCrossEntropy
 from tfsidefuse.metrics import ranking_metrics, shared_ranks
 from tfsidefuse.models.backbone import Backbone
 
@@ -272,9 +273,12 @@ class NextItemModel(keras.Model):
 
         Args:
             optimizer: defaults to `keras.optimizers.Adam(1e-3)`.
-            loss: defaults to `SparseCategoricalCrossentropy(from_logits=True,
-                ignore_class=0)`: the full softmax over all items, with label
-                0 meaning "no target at this slot".
+            loss: defaults to `tfsidefuse.losses.NextItemCrossEntropy()`:
+                the full softmax over all items, with label 0 meaning "no
+                target at this slot" (the value of Keras'
+                `SparseCategoricalCrossentropy(from_logits=True,
+                ignore_class=0)`, computed without its masked copy of the
+                logits).
             metrics: defaults to `tfsidefuse.metrics.ranking_metrics()`
                 (HR@K, NDCG@K for K in 5, 10, 20, and MRR); `[]` for none.
             **kwargs: other `keras.Model.compile` arguments.
@@ -282,7 +286,7 @@ class NextItemModel(keras.Model):
         if optimizer is None:
             optimizer = keras.optimizers.Adam(learning_rate=1e-3)
         if loss is None:
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+            loss = NextItemCrossEntropy()
         if metrics is None:
             metrics = ranking_metrics()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)

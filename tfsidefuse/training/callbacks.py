@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -36,6 +37,15 @@ class ValidationReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, min_learning_rate: float = 0.0) -> float:
+    """The learning rate of epoch ``epoch`` (from 0) of a cosine decay over ``epochs`` epochs.
+
+    ``learning_rate`` at epoch 0, falling along half a cosine period towards
+    ``min_learning_rate``, which epoch ``epochs`` would reach.
+    """
+    return min_learning_rate + (learning_rate - min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
 class TrainingTimer(keras.callbacks.Callback):
     """Measures time spent in training steps (validation excluded).
 
@@ -68,7 +78,7 @@ class TrainingTimer(keras.callbacks.Callback):
 
 def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[keras.callbacks.Callback]:
     """Early stopping on the validation metric with best-weight restore, the
-    optional learning-rate reduction on the same metric, ``BackupAndRestore``
+    optional learning-rate reduction on the same metric or cosine schedule, ``BackupAndRestore``
     (a killed run resumes), TensorBoard and CSV logs, timing."""
     run_dir = training_config.run_dir
     backup_dir = os.path.join(run_dir, "backup")
@@ -86,6 +96,12 @@ def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[kera
                 min_lr=training_config.min_learning_rate,
                 verbose=1,
             )
+        )
+    if training_config.lr_schedule == "cosine":
+        epochs, lr, min_lr = training_config.epochs, training_config.learning_rate, training_config.min_learning_rate
+        # Keras' scheduler sets the rate at each epoch's start (a resumed run continues at its epoch) and logs it.
+        schedule.append(
+            keras.callbacks.LearningRateScheduler(lambda epoch, _: cosine_learning_rate(epoch, epochs, lr, min_lr))
         )
     return [
         TrainingTimer(examples_per_epoch),
