@@ -231,14 +231,15 @@ def test_cosine_learning_rate_by_hand():
 
 
 def test_cosine_schedule_sets_every_epoch_rate_and_resumes_at_its_epoch(tmp_path):
-    assert not any(isinstance(c, keras.callbacks.LearningRateScheduler) for c in default_callbacks(small_config(tmp_path).training))
+    scheduler_type = keras.callbacks.LearningRateScheduler
+    assert not any(isinstance(c, scheduler_type) for c in default_callbacks(small_config(tmp_path).training))
     config = small_config(tmp_path, epochs=3, lr_schedule="cosine", min_learning_rate=1e-3)
     result = trainer.train(config, evaluate_test=False)
     expected = [cosine_learning_rate(e, 3, 5e-3, 1e-3) for e in range(3)]
     np.testing.assert_allclose(result.history["learning_rate"], expected, rtol=1e-5)
     assert expected[0] > expected[1] > expected[2] > 1e-3
     # A resumed run (BackupAndRestore) starts its scheduler at the epoch it resumes from.
-    [scheduler] = [c for c in default_callbacks(config.training) if isinstance(c, keras.callbacks.LearningRateScheduler)]
+    [scheduler] = [c for c in default_callbacks(config.training) if isinstance(c, scheduler_type)]
     scheduler.set_model(_lr_model(5e-3))
     scheduler.on_epoch_begin(2)
     assert float(scheduler.model.optimizer.learning_rate) == pytest.approx(expected[2])
