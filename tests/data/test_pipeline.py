@@ -226,6 +226,20 @@ def test_auto_buckets_close_at_max_len(varied):
     assert int(ds.cardinality()) == sum(1 for _ in ds)
 
 
+def test_auto_buckets_evaluate_without_padding(varied):
+    plain = make_dataset(varied, "valid", batch_size=4)
+    auto = make_dataset(varied, "valid", batch_size=4, bucket_boundaries="auto")
+    assert _examples(auto) == _examples(plain)
+    assert int(auto.cardinality()) == sum(1 for _ in auto)
+    for x, _ in auto:
+        assert np.all(x["item_ids"].numpy() != 0), "an evaluation batch carries padding"
+    # The geometric buckets (a batch may mix lengths 3 and 5) would pad; XLA's fixed shapes keep them.
+    padded = make_dataset(varied, "valid", batch_size=4, bucket_boundaries=length_buckets(8))
+    assert any(np.any(x["item_ids"].numpy() == 0) for x, _ in padded)
+    fixed = make_dataset(varied, "valid", batch_size=4, bucket_boundaries="auto", pad_to_max_len=True)
+    assert {int(x["item_ids"].shape[1]) for x, _ in fixed} <= set(length_buckets(8))
+
+
 def test_all_position_buckets_hold_about_as_many_slots_as_a_random_batch(varied):
     bounds = [2, 5, 8]
     plain = make_dataset(varied, "train", batch_size=4, shuffle=False)

@@ -251,7 +251,9 @@ def make_dataset(
         repeat: repeat indefinitely.
         bucket_boundaries: batch examples by length: upper bounds of the
             length buckets (ascending, each ``<= max_len``), or ``"auto"`` for
-            :func:`length_buckets`. Each batch then holds examples of one
+            :func:`length_buckets` (in ``eval`` mode without
+            ``pad_to_max_len``: one bucket per length, so evaluation batches
+            carry no padding at all). Each batch then holds examples of one
             bucket, so short sequences are not padded to the longest of a
             random batch; with the loss at every position, batches of short
             sequences hold more of them (see :func:`bucket_batch_sizes`).
@@ -280,7 +282,10 @@ def make_dataset(
     shuffle = split == "train" if shuffle is None else shuffle
     keep = [ITEM_ID, *features]
     if bucket_boundaries == "auto":
-        bucket_boundaries = length_buckets(max_len)
+        # Evaluation has no batch mix to keep: one bucket per length pads nothing (Beauty validation: 22% fewer
+        # slots than the geometric buckets). Fixed shapes for XLA keep the few geometric ones.
+        exact = mode == "eval" and not pad_to_max_len
+        bucket_boundaries = list(range(1, max_len + 1)) if exact else length_buckets(max_len)
     if bucket_boundaries is not None:
         bounds = list(bucket_boundaries) if isinstance(bucket_boundaries, (list, tuple)) else None
         if (
