@@ -48,6 +48,8 @@ def main(argv=None) -> int:
         "--starvation", action="store_true", help="also time the pipeline alone and an epoch from batches in memory"
     )
     args = parser.parse_args(argv)
+    if args.eval_passes < 1:
+        parser.error(f"--eval-passes must be at least 1, got {args.eval_passes}")
 
     import yaml
 
