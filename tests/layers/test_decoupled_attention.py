@@ -281,3 +281,46 @@ def test_position_table_with_ids_equals_the_gathered_embeddings(fusion):
     np.testing.assert_allclose(np.asarray(from_table), np.asarray(expected), atol=1e-5)
     with pytest.raises(ValueError, match="position table"):
         _call(layer, positions=table[ids], mask=mask, position_ids=ids)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "concat", "gate"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_last_query_only_gives_the_last_slot_of_the_full_output(fusion, causal):
+    layer = _layer(fusion)
+    mask = np_attention_mask(ITEM_IDS, causal=causal)
+    _call(layer, mask=mask)
+    randomize_weights(layer.weights)
+    full = np.asarray(_call(layer, mask=mask))
+    last = np.asarray(_call(layer, mask=mask, last_query_only=True))
+    assert last.shape == (full.shape[0], 1, full.shape[2])
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
+    # With the position table and ids too (the DIF-SR backbone's call).
+    table = np.random.default_rng(8).normal(size=(MAX_LEN, 8)).astype("float32")
+    ids = np.clip(np.cumsum(ITEM_IDS != 0, axis=1) - 1, 0, MAX_LEN - 1)
+    full = np.asarray(_call(layer, positions=table, mask=mask, position_ids=ids))
+    last = np.asarray(_call(layer, positions=table, mask=mask, position_ids=ids, last_query_only=True))
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gate"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_batch_without_padding_matches_numpy_reference_eager_and_traced(fusion, causal):
+    # Every key real (evaluation batches of one length), in eager and in a graph of unknown length.
+    import tensorflow as tf
+
+    rows = slice(1, 2)  # the unpadded sequence of ITEM_IDS
+    ids, items, positions = ITEM_IDS[rows], ITEMS[rows], POSITIONS[rows]
+    attributes = [a[rows] for a in ATTRIBUTES]
+    assert np.all(ids != 0)
+    mask = np_attention_mask(ids, causal=causal)
+    layer = _layer(fusion)
+    _call(layer, items, attributes, positions, mask)
+    randomize_weights(layer.weights)
+    expected, _ = np_decoupled_attention(layer, items, attributes, positions, mask)
+    spec = tf.TensorSpec((None, None, None), "float32")
+    traced = tf.function(
+        lambda items, attributes, positions, mask: _call(layer, items, attributes, positions, mask),
+        input_signature=[spec, [spec, spec], spec, tf.TensorSpec((None, None, None), "bool")],
+    )
+    np.testing.assert_allclose(np.asarray(_call(layer, items, attributes, positions, mask)), expected, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(traced(items, attributes, positions, mask)), expected, atol=1e-4)

@@ -142,3 +142,18 @@ def test_dropout_only_in_training():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         TransformerBlock(**{**INIT_KWARGS, **kwargs})
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_last_query_only_gives_the_last_slot_of_the_full_output(causal):
+    block = TransformerBlock(**INIT_KWARGS)
+    x = hidden_inputs()
+    mask = np_attention_mask(ITEM_IDS, causal=causal)
+    block(x, attention_mask=mask)
+    randomize_weights(block.weights)
+    full = np.asarray(block(x, attention_mask=mask))
+    last = np.asarray(block(x, attention_mask=mask, last_query_only=True))
+    assert last.shape == (x.shape[0], 1, 8)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
+    # Without a mask as well: the last query then sees every slot.
+    np.testing.assert_allclose(np.asarray(block(x, last_query_only=True))[:, 0], np.asarray(block(x))[:, -1], atol=1e-5)

@@ -402,3 +402,31 @@ def test_set_item_feature_tables_validates():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         DIFSRBackbone(**{**INIT_KWARGS, **kwargs})
+
+
+@pytest.mark.parametrize("fusion", ["sum", "gate"])
+def test_last_position_only_equals_the_last_slot_and_drives_last_position_scoring(fusion):
+    backbone = _backbone(fusion=fusion)
+    backbone(INPUTS)
+    randomize_weights(backbone.trainable_weights)
+    full = np.asarray(backbone(INPUTS))
+    last = np.asarray(backbone(INPUTS, last_position_only=True))
+    assert last.shape == (2, 1, 8)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
+    # The model's inference logits come from it: the full states' last slot against the item table.
+    model = NextItemModel(backbone)
+    logits = np.asarray(model(INPUTS, training=False))
+    table = np.asarray(backbone.item_table())
+    expected = full[:, -1] @ table.T
+    np.testing.assert_allclose(logits[:, 2:], expected[:, 2:], rtol=1e-4, atol=1e-5)
+    # Last-position training with the attribute losses: the loss of the full states' last slot.
+    labels = LABELS[:, -1]
+    model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[], run_eagerly=True)
+    backbone_loss = model.backbone.auxiliary_loss(INPUTS, labels, full)
+    next_item = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, expected)
+    model_no_dropout = NextItemModel(_backbone(fusion=fusion, **NO_DROPOUT), train_on="last_position")
+    model_no_dropout.backbone(INPUTS)
+    model_no_dropout.backbone.set_weights(backbone.get_weights())
+    model_no_dropout.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[], run_eagerly=True)
+    loss = model_no_dropout.train_on_batch(INPUTS, labels, return_dict=True)["loss"]
+    np.testing.assert_allclose(loss, float(next_item) + sum(float(v) for v in backbone_loss.values()), rtol=1e-5)

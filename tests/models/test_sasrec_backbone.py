@@ -14,7 +14,7 @@ from helpers import (
     run_backbone_test,
 )
 
-from tfsidefuse.models import Backbone, SASRecBackbone
+from tfsidefuse.models import Backbone, NextItemModel, SASRecBackbone
 
 INIT_KWARGS = {"num_items": 20, "max_len": 10, "hidden_dim": 8, "num_layers": 2, "num_heads": 2, "ff_dim": 16}
 
@@ -131,3 +131,20 @@ def test_gradients_reach_every_weight():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         SASRecBackbone(**{**INIT_KWARGS, **kwargs})
+
+
+def test_last_position_only_equals_the_last_slot_of_the_full_call():
+    keras.utils.set_random_seed(0)
+    backbone = SASRecBackbone(num_items=20, max_len=6, hidden_dim=8, num_layers=2, num_heads=2, ff_dim=16)
+    inputs = {"item_ids": np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8]], dtype="int32")}
+    backbone(inputs)
+    full = np.asarray(backbone(inputs))
+    last = np.asarray(backbone(inputs, last_position_only=True))
+    assert backbone.supports_last_position_only
+    assert last.shape == (2, 1, 8)
+    np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
+    model = NextItemModel(backbone)
+    expected = full[:, -1] @ np.asarray(backbone.item_table()).T
+    np.testing.assert_allclose(np.asarray(model(inputs))[:, 2:], expected[:, 2:], rtol=1e-4, atol=1e-5)
+    # A backbone whose call has no `last_position_only` keeps the full call.
+    assert not Backbone(num_items=20, hidden_dim=8, max_len=6).supports_last_position_only

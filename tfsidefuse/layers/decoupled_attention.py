@@ -116,6 +116,10 @@ class DecoupledAttention(keras.layers.Layer):
             position vector per slot.
         query_key_input: optional source of `Q_id, K_id`, `[batch, seq_len,
             hidden_dim]`; defaults to `inputs`.
+        last_query_only: bool, compute the output of the last slot only
+            (`[batch, 1, hidden_dim]`): its query attends every key as in
+            the full call, with the same values (what a next-item prediction
+            reads from the last layer).
         return_attention_scores: also return the attention probabilities
             `[batch, num_heads, seq_len, seq_len]` (before dropout).
         training: bool, whether dropout is active.
@@ -232,12 +236,13 @@ class DecoupledAttention(keras.layers.Layer):
         )
         self.built = True
 
-    def _scores(self, query_dense: Any, key_dense: Any, x: Any, head_width: int) -> Any:
-        """Unscaled `Q K^T` of one source, `[batch, heads, seq_len, seq_len]`."""
-        query, key = self._split_heads(query_dense(x), head_width), self._split_heads(key_dense(x), head_width)
+    def _scores(self, query_dense: Any, key_dense: Any, x: Any, head_width: int, last_query_only: bool = False) -> Any:
+        """Unscaled `Q K^T` of one source, `[batch, heads, queries, seq_len]` (one query with `last_query_only`)."""
+        queries = x[:, -1:, :] if last_query_only else x
+        query, key = self._split_heads(query_dense(queries), head_width), self._split_heads(key_dense(x), head_width)
         return ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
 
-    def _table_scores(self, table: Any, ids: Any) -> Any:
+    def _table_scores(self, table: Any, ids: Any, last_query_only: bool = False) -> Any:
         """`S_pos` from the position table and each slot's row: `[batch, heads, seq_len, seq_len]`."""
         if len(table.shape) != 2 or len(ids.shape) != 2:
             raise ValueError(
@@ -249,8 +254,9 @@ class DecoupledAttention(keras.layers.Layer):
         scores = self._scores(self.position_query_dense, self.position_key_dense, table, self.head_dim)[0]
         num_positions = ops.shape(table)[1]
         ids = ops.cast(ids, "int32")
-        pairs = ops.expand_dims(ids, axis=2) * num_positions + ops.expand_dims(ids, axis=1)  # [batch, seq_len, seq_len]
-        gathered = ops.take(ops.reshape(scores, (self.num_heads, -1)), pairs, axis=1)  # [heads, batch, seq, seq]
+        query_ids = ids[:, -1:] if last_query_only else ids
+        pairs = ops.expand_dims(query_ids, axis=2) * num_positions + ops.expand_dims(ids, axis=1)  # [batch, q, seq_len]
+        gathered = ops.take(ops.reshape(scores, (self.num_heads, -1)), pairs, axis=1)  # [heads, batch, q, seq_len]
         return ops.transpose(gathered, (1, 0, 2, 3))
 
     def _split_heads(self, x: Any, head_width: int) -> Any:
@@ -258,9 +264,11 @@ class DecoupledAttention(keras.layers.Layer):
         x = ops.reshape(x, (batch_size, length, self.num_heads, head_width))
         return ops.transpose(x, (0, 2, 1, 3))
 
-    def _fuse_rows(self, sources: list[Any], allowed: Any) -> Any:
-        """Concat or gate fusion over position-indexed key rows, mapped back to key slots."""
-        key_valid = ops.any(allowed, axis=1)  # [batch, seq_len]
+    def _fuse_rows(self, sources: list[Any], allowed: Any, key_valid: Any) -> Any:
+        """Concat or gate fusion over position-indexed key rows, mapped back to key slots.
+
+        `allowed` holds the mask rows of the queries in `sources`; `key_valid` `[batch, seq_len]` the real keys.
+        """
         positions = ops.cumsum(ops.cast(key_valid, "int32"), axis=1) - 1
         # A window of seq_len < max_len keys fills only the first seq_len entries of each max_len row: the
         # fusion reads and writes those, with the matching slices of its weights (the same values, cheaper).
@@ -275,7 +283,7 @@ class DecoupledAttention(keras.layers.Layer):
         zeros = ops.zeros_like(sources[0])
         allowed = ops.expand_dims(allowed, axis=1)
         rows = [ops.einsum("bhij,bjq->bhiq", ops.where(allowed, source, zeros), slot_to_position) for source in sources]
-        fused = self.score_fusion(rows, width=width)  # [batch, heads, seq_len, width]
+        fused = self.score_fusion(rows, width=width)  # [batch, heads, queries, width]
         return ops.einsum("bhiq,bjq->bhij", fused, slot_to_position)
 
     def call(
@@ -288,6 +296,7 @@ class DecoupledAttention(keras.layers.Layer):
         training: bool | None = None,
         query_key_input: Any = None,
         position_ids: Any = None,
+        last_query_only: bool = False,
     ) -> Any:
         if attribute_inputs is None:
             attribute_inputs = []
@@ -309,27 +318,32 @@ class DecoupledAttention(keras.layers.Layer):
             allowed = ops.ones((batch_size, length, length), dtype="bool")
         else:
             allowed = ops.cast(attention_mask, "bool")
+        key_valid = ops.any(allowed, axis=1)  # [batch, seq_len]: keys some query may attend
+        if last_query_only:
+            allowed = allowed[:, -1:, :]
+            length = 1
 
         # Official source order: attributes, item, position.
+        last = last_query_only
         sources = [
-            self._scores(query_dense, key_dense, attributes, head_width)
+            self._scores(query_dense, key_dense, attributes, head_width, last)
             for query_dense, key_dense, attributes, head_width in zip(
                 self.attribute_query_denses, self.attribute_key_denses, attribute_inputs, self.attribute_head_dims
             )
         ]
-        sources.append(self._scores(self.query_dense, self.key_dense, query_key_input, self.head_dim))
+        sources.append(self._scores(self.query_dense, self.key_dense, query_key_input, self.head_dim, last))
         if self.use_position and position_ids is not None:
-            sources.append(self._table_scores(position_inputs, position_ids))
+            sources.append(self._table_scores(position_inputs, position_ids, last))
         elif self.use_position:
             sources.append(
-                self._scores(self.position_query_dense, self.position_key_dense, position_inputs, self.head_dim)
+                self._scores(self.position_query_dense, self.position_key_dense, position_inputs, self.head_dim, last)
             )
         if self.fusion == "sum":
             scores = sources[0]
             for source in sources[1:]:
                 scores = scores + source
         else:
-            scores = self._fuse_rows(sources, allowed)
+            scores = self._fuse_rows(sources, allowed, key_valid)
 
         # Softmax in float32: float16 exponentials of large scores overflow.
         scale = self.head_dim if self.score_scale == "head_dim" else self.hidden_dim

@@ -53,10 +53,18 @@ class TransformerBlock(keras.layers.Layer):
         key_input: optional source of the keys (defaults to `inputs`).
         value_input: optional source of the values (defaults to `key_input`).
         training: bool, whether dropout is active.
+        last_query_only: bool, compute the block's output at the last slot
+            only, `[batch, 1, hidden_dim]`, with the keys and values of every
+            slot: the same values as the last slot of the full output, for
+            the last block of a next-item prediction. The default
+            `SelfAttention` gets the last slot as its query input; a custom
+            `attention` layer gets `last_query_only=True` and must return
+            `[batch, 1, hidden_dim]` (`DecoupledAttention` does).
         **attention_kwargs: further keywords for a custom `attention` layer.
 
     Returns:
-        `[batch, seq_len, hidden_dim]`.
+        `[batch, seq_len, hidden_dim]` (`[batch, 1, hidden_dim]` with
+        `last_query_only`).
 
     Example:
 
@@ -155,14 +163,28 @@ class TransformerBlock(keras.layers.Layer):
         key_input: Any = None,
         value_input: Any = None,
         training: bool | None = None,
+        last_query_only: bool = False,
         **attention_kwargs: Any,
     ) -> Any:
         if key_input is not None:
             attention_kwargs["key_input"] = key_input
         if value_input is not None:
             attention_kwargs["value_input"] = value_input
-        attended = self.self_attention(inputs, attention_mask=attention_mask, training=training, **attention_kwargs)
-        hidden = self.attention_layer_norm(inputs + self.attention_output_dropout(attended, training=training))
+        query_input, residual = inputs, inputs
+        if last_query_only:
+            residual = inputs[:, -1:, :]
+            if self.attention is None:
+                # SelfAttention: the last slot queries the keys and values of every slot.
+                attention_kwargs.setdefault("key_input", inputs)
+                query_input = residual
+                if attention_mask is not None:
+                    attention_mask = attention_mask[:, -1:, :]
+            else:
+                attention_kwargs["last_query_only"] = True
+        attended = self.self_attention(
+            query_input, attention_mask=attention_mask, training=training, **attention_kwargs
+        )
+        hidden = self.attention_layer_norm(residual + self.attention_output_dropout(attended, training=training))
         intermediate = ops.gelu(self.feedforward_intermediate_dense(hidden), approximate=False)
         outputs = self.feedforward_output_dense(intermediate)
         return self.feedforward_layer_norm(hidden + self.feedforward_dropout(outputs, training=training))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import keras
@@ -54,6 +55,18 @@ class Backbone(keras.layers.Layer):
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must implement `call(inputs, training=None)`.")
+
+    @property
+    def supports_last_position_only(self) -> bool:
+        """Whether `call` takes `last_position_only`.
+
+        With `last_position_only=True` such a backbone returns the hidden
+        state of the last slot alone, `[batch, 1, hidden_dim]`, equal to the
+        last slot of the full call (its last layer then runs the query,
+        feed-forward and normalisation for that slot only). `NextItemModel`
+        passes it for last-position scoring.
+        """
+        return "last_position_only" in inspect.signature(self.call).parameters
 
     def item_table(self) -> Any:
         """The `[num_items, hidden_dim]` matrix that hidden states are scored against."""

@@ -119,7 +119,10 @@ class NextItemModel(keras.Model):
         inputs = self._sanitize(inputs, keep_last=not all_positions)
         # Read by `compute_metrics`, traced in the same step right after this call.
         object.__setattr__(self, "_training_call", bool(training))
-        hidden = self.backbone(inputs, training=training)
+        if not all_positions and self.backbone.supports_last_position_only:
+            hidden = self.backbone(inputs, training=training, last_position_only=True)  # [batch, 1, d]
+        else:
+            hidden = self.backbone(inputs, training=training)
         if training:
             # Read back by `compute_loss` in the same traced step, for the backbone's auxiliary objectives.
             object.__setattr__(self, "_training_context", (inputs, hidden))

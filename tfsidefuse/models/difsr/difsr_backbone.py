@@ -121,9 +121,15 @@ class DIFSRBackbone(SideFeatureBackbone):
             entry per interaction feature, keyed by its name; other keys are
             ignored.
         training: bool, whether dropout is active.
+        last_position_only: bool, return the hidden state of the last slot
+            only, `[batch, 1, hidden_dim]` (the last block computes its
+            query, feed-forward and normalisation for that slot alone; the
+            values are those of the full call's last slot). `NextItemModel`
+            uses it for last-position scoring.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        Hidden states `[batch, seq_len, hidden_dim]` (`[batch, 1,
+        hidden_dim]` with `last_position_only`).
 
     Example:
 
@@ -240,7 +246,7 @@ class DIFSRBackbone(SideFeatureBackbone):
         for feature, predictor in zip(self.item_features, self.attribute_predictors):
             predictor.bias.assign(attribute_log_odds(tables[feature["name"]], feature["vocab_size"]))
 
-    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+    def call(self, inputs: dict[str, Any], training: bool | None = None, last_position_only: bool = False) -> Any:
         item_ids = inputs["item_ids"]
         mask = padding_mask(item_ids)
         attributes = self.side_embedding_list(inputs)
@@ -248,7 +254,8 @@ class DIFSRBackbone(SideFeatureBackbone):
         position_ids = self.position_embedding.position_ids(mask)
         x = self.normalize_embeddings(self.item_embedding(item_ids), training)
         causal_mask = attention_mask(mask, causal=True)
-        for block in self.transformer_layers:
+        last_block = len(self.transformer_layers) - 1
+        for index, block in enumerate(self.transformer_layers):
             x = block(
                 x,
                 attention_mask=causal_mask,
@@ -256,6 +263,7 @@ class DIFSRBackbone(SideFeatureBackbone):
                 position_inputs=self.position_embedding.embeddings,
                 position_ids=position_ids,
                 training=training,
+                last_query_only=last_position_only and index == last_block,
             )
         return x
 

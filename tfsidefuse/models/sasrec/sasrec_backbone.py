@@ -45,9 +45,15 @@ class SASRecBackbone(Backbone):
         inputs: dict with `"item_ids"`, int `[batch, seq_len]`, left-padded
             with 0; other keys are ignored.
         training: bool, whether dropout is active.
+        last_position_only: bool, return the hidden state of the last slot
+            only, `[batch, 1, hidden_dim]`: the last block runs its query,
+            feed-forward and normalisation for that slot alone (the values
+            of the full call's last slot). `NextItemModel` uses it for
+            last-position scoring.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        Hidden states `[batch, seq_len, hidden_dim]` (`[batch, 1,
+        hidden_dim]` with `last_position_only`).
 
     Example:
 
@@ -208,13 +214,16 @@ class SASRecBackbone(Backbone):
             x = self.embeddings_layer_norm(x)
         return self.embeddings_dropout(x, training=training)
 
-    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+    def call(self, inputs: dict[str, Any], training: bool | None = None, last_position_only: bool = False) -> Any:
         mask = padding_mask(inputs["item_ids"])
         x = self.input_embeddings(inputs, mask)
         x = self.normalize_embeddings(x, training)
         allowed = attention_mask(mask, causal=self.causal)
-        for block in self.transformer_layers:
-            x = block(x, attention_mask=allowed, training=training)
+        last_block = len(self.transformer_layers) - 1
+        for index, block in enumerate(self.transformer_layers):
+            x = block(
+                x, attention_mask=allowed, training=training, last_query_only=last_position_only and index == last_block
+            )
         return x
 
     def get_config(self) -> dict[str, Any]:
