@@ -276,3 +276,12 @@ def test_cache_keeps_finished_eval_batches_and_training_reshuffles(varied, tmp_p
     first, second = batches(train), batches(train)
     assert first != second
     assert _examples(train) == _examples(make_dataset(varied, "train", mode="all_positions", batch_size=4, seed=3))
+
+
+def test_cached_evaluation_batches_run_without_autotuning(varied):
+    cached = make_dataset(varied, "valid", batch_size=4, bucket_boundaries="auto", cache=True)
+    assert cached.options().autotune.enabled is False
+    first, second = _examples(cached), _examples(cached)  # the second pass reads the cache
+    assert first == second == _examples(make_dataset(varied, "valid", batch_size=4, bucket_boundaries="auto"))
+    # Training pipelines keep it: their parse and batching stages run every epoch.
+    assert make_dataset(varied, "train", batch_size=4).options().autotune.enabled is not False
