@@ -43,13 +43,19 @@ def test_layer_behaviors_with_separate_keys_and_values(tmp_path):
     )
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_matches_numpy_reference(causal):
+def _randomized_block(causal: bool):
+    """A built block with random weights, its inputs and mask."""
     block = TransformerBlock(**INIT_KWARGS)
     x = hidden_inputs()
     mask = np_attention_mask(ITEM_IDS, causal=causal)
     block(x, attention_mask=mask)
     randomize_weights(block.weights)
+    return block, x, mask
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_matches_numpy_reference(causal):
+    block, x, mask = _randomized_block(causal)
     expected = np_transformer_block(block, x.astype("float64"), mask)
     np.testing.assert_allclose(np.asarray(block(x, attention_mask=mask))[REAL], expected[REAL], atol=1e-5)
 
@@ -146,11 +152,7 @@ def test_invalid_arguments(kwargs, bad):
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_last_query_only_gives_the_last_slot_of_the_full_output(causal):
-    block = TransformerBlock(**INIT_KWARGS)
-    x = hidden_inputs()
-    mask = np_attention_mask(ITEM_IDS, causal=causal)
-    block(x, attention_mask=mask)
-    randomize_weights(block.weights)
+    block, x, mask = _randomized_block(causal)
     full = np.asarray(block(x, attention_mask=mask))
     last = np.asarray(block(x, attention_mask=mask, last_query_only=True))
     assert last.shape == (x.shape[0], 1, 8)
