@@ -243,7 +243,7 @@ class DecoupledAttention(keras.layers.Layer):
         return ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
 
     def _table_scores(self, table: Any, ids: Any, last_query_only: bool = False) -> Any:
-        """`S_pos` from the position table and each slot's row: `[batch, heads, seq_len, seq_len]`."""
+        """`S_pos` from the position table and each slot's row: `[batch, heads, queries, seq_len]`."""
         if len(table.shape) != 2 or len(ids.shape) != 2:
             raise ValueError(
                 "With `position_ids` [batch, seq_len], `position_inputs` must be the position table "

@@ -254,8 +254,7 @@ class DIFSRBackbone(SideFeatureBackbone):
         position_ids = self.position_embedding.position_ids(mask)
         x = self.normalize_embeddings(self.item_embedding(item_ids), training)
         causal_mask = attention_mask(mask, causal=True)
-        last_block = len(self.transformer_layers) - 1
-        for index, block in enumerate(self.transformer_layers):
+        for block, last_query_only in self.blocks_with_last_query(last_position_only):
             x = block(
                 x,
                 attention_mask=causal_mask,
@@ -263,7 +262,7 @@ class DIFSRBackbone(SideFeatureBackbone):
                 position_inputs=self.position_embedding.embeddings,
                 position_ids=position_ids,
                 training=training,
-                last_query_only=last_position_only and index == last_block,
+                last_query_only=last_query_only,
             )
         return x
 

@@ -219,12 +219,14 @@ class SASRecBackbone(Backbone):
         x = self.input_embeddings(inputs, mask)
         x = self.normalize_embeddings(x, training)
         allowed = attention_mask(mask, causal=self.causal)
-        last_block = len(self.transformer_layers) - 1
-        for index, block in enumerate(self.transformer_layers):
-            x = block(
-                x, attention_mask=allowed, training=training, last_query_only=last_position_only and index == last_block
-            )
+        for block, last_query_only in self.blocks_with_last_query(last_position_only):
+            x = block(x, attention_mask=allowed, training=training, last_query_only=last_query_only)
         return x
+
+    def blocks_with_last_query(self, last_position_only: bool) -> list[tuple[Any, bool]]:
+        """`(block, last_query_only)` in order: only the last block runs at the last slot alone, if asked."""
+        last = len(self.transformer_layers) - 1
+        return [(block, last_position_only and i == last) for i, block in enumerate(self.transformer_layers)]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
