@@ -324,19 +324,20 @@ class DecoupledAttention(keras.layers.Layer):
             length = 1
 
         # Official source order: attributes, item, position.
-        last = last_query_only
         sources = [
-            self._scores(query_dense, key_dense, attributes, head_width, last)
+            self._scores(query_dense, key_dense, attributes, head_width, last_query_only)
             for query_dense, key_dense, attributes, head_width in zip(
                 self.attribute_query_denses, self.attribute_key_denses, attribute_inputs, self.attribute_head_dims
             )
         ]
-        sources.append(self._scores(self.query_dense, self.key_dense, query_key_input, self.head_dim, last))
+        sources.append(self._scores(self.query_dense, self.key_dense, query_key_input, self.head_dim, last_query_only))
         if self.use_position and position_ids is not None:
-            sources.append(self._table_scores(position_inputs, position_ids, last))
+            sources.append(self._table_scores(position_inputs, position_ids, last_query_only))
         elif self.use_position:
             sources.append(
-                self._scores(self.position_query_dense, self.position_key_dense, position_inputs, self.head_dim, last)
+                self._scores(
+                    self.position_query_dense, self.position_key_dense, position_inputs, self.head_dim, last_query_only
+                )
             )
         if self.fusion == "sum":
             scores = sources[0]
