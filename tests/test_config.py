@@ -104,3 +104,19 @@ def test_shipped_configs_are_valid(path, monkeypatch):
 
     assert config.model.name in BACKBONES
     assert config.model.name == Path(path).stem
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/configs/*.yaml")))
+def test_benchmark_configs_are_valid(path, monkeypatch):
+    """The benchmarks' configs load as the shipped ones; each names its dataset and model in its file name."""
+    monkeypatch.chdir(ROOT)
+    with open(path) as fh:
+        data = yaml.safe_load(fh)
+    from helpers import shared_data
+
+    shared_data(data["dataset"]["path"].rsplit("/", 1)[-1])
+    config = load_config(path)
+    stem = Path(path).stem
+    assert stem.startswith(Path(config.dataset.path).name + "-" + config.model.name), stem
+    shipped = load_config(f"configs/{Path(config.dataset.path).name}/{config.model.name}.yaml")
+    assert config.training.run_dir != shipped.training.run_dir  # a benchmark run keeps the shipped run's files
