@@ -90,8 +90,8 @@ def test_missing_file_and_bad_yaml(tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("configs/*/*.yaml")))
-def test_shipped_configs_are_valid(path, monkeypatch):
+def load_project_config(path, monkeypatch):
+    """A config of the project, loaded from the project root; skips when its real dataset is absent."""
     monkeypatch.chdir(ROOT)  # configs name paths relative to the project root
     with open(path) as fh:
         data = yaml.safe_load(fh)
@@ -99,7 +99,12 @@ def test_shipped_configs_are_valid(path, monkeypatch):
         from helpers import shared_data
 
         shared_data(data["dataset"]["path"].rsplit("/", 1)[-1])
-    config = load_config(path)
+    return load_config(path)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("configs/*/*.yaml")))
+def test_shipped_configs_are_valid(path, monkeypatch):
+    config = load_project_config(path, monkeypatch)
     from tfsidefuse.models.registry import BACKBONES
 
     assert config.model.name in BACKBONES
@@ -109,14 +114,8 @@ def test_shipped_configs_are_valid(path, monkeypatch):
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/configs/*.yaml")))
 def test_benchmark_configs_are_valid(path, monkeypatch):
     """The benchmarks' configs load as the shipped ones; each names its dataset and model in its file name."""
-    monkeypatch.chdir(ROOT)
-    with open(path) as fh:
-        data = yaml.safe_load(fh)
-    from helpers import shared_data
-
-    shared_data(data["dataset"]["path"].rsplit("/", 1)[-1])
-    config = load_config(path)
-    stem = Path(path).stem
-    assert stem.startswith(Path(config.dataset.path).name + "-" + config.model.name), stem
-    shipped = load_config(f"configs/{Path(config.dataset.path).name}/{config.model.name}.yaml")
+    config = load_project_config(path, monkeypatch)
+    dataset = Path(config.dataset.path).name
+    assert Path(path).stem.startswith(f"{dataset}-{config.model.name}"), path
+    shipped = load_config(f"configs/{dataset}/{config.model.name}.yaml")
     assert config.training.run_dir != shipped.training.run_dir  # a benchmark run keeps the shipped run's files
