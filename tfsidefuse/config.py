@@ -183,6 +183,11 @@ class TrainingConfig:
             every slot (padding included) is scored.
         mixed_precision: compute in float16 (float32 weights, softmax and
             logits), for GPUs.
+        ema_momentum: keep an exponential moving average of the weights
+            (Polyak averaging, updated after every step with this momentum,
+            in ``(0, 1)``) and validate, select, save and export the averaged
+            weights; training steps still update the raw weights. ``null``
+            (default, as the papers) trains and keeps the raw weights.
     """
 
     run_dir: str
@@ -209,6 +214,7 @@ class TrainingConfig:
     length_buckets: Any = "auto"
     jit_compile: bool = False
     mixed_precision: bool = False
+    ema_momentum: float | None = None
 
     def validate(self) -> None:
         for key in (
@@ -260,6 +266,9 @@ class TrainingConfig:
         for key in ("jit_compile", "mixed_precision"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"training.{key} must be true or false, got {getattr(self, key)!r}")
+        ema = self.ema_momentum
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
+            raise ConfigError(f"training.ema_momentum must be a number in (0, 1) or null, got {ema!r}")
 
 
 @dataclasses.dataclass

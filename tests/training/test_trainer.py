@@ -243,3 +243,87 @@ def test_cosine_schedule_sets_every_epoch_rate_and_resumes_at_its_epoch(tmp_path
     scheduler.set_model(_lr_model(5e-3))
     scheduler.on_epoch_begin(2)
     assert float(scheduler.model.optimizer.learning_rate) == pytest.approx(expected[2])
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Copies of the model's weights after every training step and at every epoch's end, with the optimizer's
+    averages (which hold the raw weights while the averaged ones are swapped in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.epoch_ends, self.begin = [], [], None
+
+    def _weights(self):
+        return [v.numpy().copy() for v in self.model.trainable_variables]
+
+    def _averages(self):
+        # Built with the optimizer: before the first step of a fresh run there are none.
+        return [v.numpy().copy() for v in getattr(self.model.optimizer, "_model_variables_moving_average", [])]
+
+    def on_train_begin(self, logs=None):
+        self.begin = (self._weights(), self._averages())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append(self._weights())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_ends.append((self._weights(), self._averages()))
+
+
+def test_weight_average_is_validated_selected_and_saved(tmp_path):
+    momentum = 0.8
+    config = small_config(tmp_path, epochs=3, ema_momentum=momentum)
+    recorder = WeightRecorder()
+    result = trainer.train(config, evaluate_test=False, callbacks=[recorder])
+    assert result.model.optimizer.use_ema and result.model.optimizer.ema_momentum == momentum
+    # The average by hand, in float64: the first step's weights, then a <- m a + (1 - m) w after every step.
+    average = [w.astype("float64") for w in recorder.steps[0]]
+    per_epoch = len(recorder.steps) // 3
+    averages = []
+    for step, weights in enumerate(recorder.steps[1:], start=1):
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        if (step + 1) % per_epoch == 0:
+            averages.append(average)
+    assert len(averages) == 3
+    for epoch, (in_model, _) in enumerate(recorder.epoch_ends):
+        # At every epoch's end the model holds the average.
+        for got, want in zip(in_model, averages[epoch]):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    for epoch, (in_model, raw) in enumerate(recorder.epoch_ends[:-1]):
+        # The raw weights (the epoch's last step) wait in the optimizer until the next epoch trains on; after the
+        # last epoch Keras keeps only the average. (It swaps by adding and subtracting in place: float32 rounding.)
+        for got, want in zip(raw, recorder.steps[(epoch + 1) * per_epoch - 1]):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        assert any(not np.allclose(a, w, atol=1e-4) for a, w in zip(in_model, raw))
+    # The run keeps the best epoch's average, and its validation metric is the one logged for that epoch.
+    best = result.metrics["best_epoch"] - 1
+    for got, want in zip(result.model.trainable_variables, recorder.epoch_ends[best][0]):
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert result.metrics["valid"]["ndcg@20"] == pytest.approx(result.history["val_ndcg@20"][best], abs=1e-6)
+    saved = trainer.load_trained(config.training.run_dir)
+    for got, want in zip(saved.trainable_variables, recorder.epoch_ends[best][0]):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_killed_run_with_weight_average_resumes_from_the_raw_weights(tmp_path, monkeypatch):
+    config = small_config(tmp_path, epochs=3, ema_momentum=0.8)
+    before_kill = WeightRecorder()
+    original = trainer.default_callbacks
+    monkeypatch.setattr(
+        trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), before_kill, StopAfter(1)]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config)
+    monkeypatch.setattr(trainer, "default_callbacks", original)
+    resumed = WeightRecorder()
+    trainer.train(config, evaluate_test=False, callbacks=[resumed])
+    # The backup was written before the average was swapped in: training goes on from the raw weights of epoch 2,
+    # with their average in the optimizer.
+    averaged, raw = before_kill.epoch_ends[1]
+    weights, averages = resumed.begin
+    for got, want in zip(weights, raw):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    for got, want in zip(averages, averaged):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    assert any(not np.allclose(w, a, atol=1e-4) for w, a in zip(weights, averages))
+    assert len(resumed.epoch_ends) == 1

@@ -79,7 +79,14 @@ class TrainingTimer(keras.callbacks.Callback):
 def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[keras.callbacks.Callback]:
     """Early stopping on the validation metric with best-weight restore, the
     optional learning-rate reduction on the same metric or cosine schedule, ``BackupAndRestore``
-    (a killed run resumes), TensorBoard and CSV logs, timing."""
+    (a killed run resumes), TensorBoard and CSV logs, timing.
+
+    With ``ema_momentum``, Keras' ``SwapEMAWeights`` puts the averaged weights
+    into the model for validation and at each epoch's end, so that early
+    stopping keeps (and the run saves) the averaged weights of the best epoch.
+    The backup is written before that swap: a resumed run continues from the
+    raw weights, with their average in the optimizer.
+    """
     run_dir = training_config.run_dir
     backup_dir = os.path.join(run_dir, "backup")
     resuming = os.path.isdir(backup_dir)
@@ -103,9 +110,12 @@ def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[kera
         schedule.append(
             keras.callbacks.LearningRateScheduler(lambda epoch, _: cosine_learning_rate(epoch, epochs, lr, min_lr))
         )
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if training_config.ema_momentum else []
     return [
         TrainingTimer(examples_per_epoch),
         *schedule,
+        keras.callbacks.BackupAndRestore(backup_dir),
+        *averaging,
         ValidationEarlyStopping(
             monitor=monitor,
             mode="max",
@@ -113,7 +123,6 @@ def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[kera
             restore_best_weights=True,
             verbose=1,
         ),
-        keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resuming),
     ]

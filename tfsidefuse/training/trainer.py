@@ -109,10 +109,12 @@ def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Opti
     """Adam with the config's learning rate and decoupled weight decay (none by default, as the papers).
 
     With ``weight_decay`` > 0 (AdamW), biases and layer-norm parameters are not
-    decayed; embedding tables and kernels are.
+    decayed; embedding tables and kernels are. With ``ema_momentum`` the
+    optimizer also keeps the moving average of the weights (Keras' ``use_ema``).
     """
     t = training_config
-    optimizer = keras.optimizers.Adam(learning_rate=t.learning_rate, weight_decay=t.weight_decay or None)
+    ema = {"use_ema": True, "ema_momentum": t.ema_momentum} if t.ema_momentum is not None else {}
+    optimizer = keras.optimizers.Adam(learning_rate=t.learning_rate, weight_decay=t.weight_decay or None, **ema)
     if t.weight_decay:
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if v.name in NOT_DECAYED])
     return optimizer
