@@ -309,9 +309,7 @@ def test_killed_run_with_weight_average_resumes_from_the_raw_weights(tmp_path, m
     config = small_config(tmp_path, epochs=3, ema_momentum=0.8)
     before_kill = WeightRecorder()
     original = trainer.default_callbacks
-    monkeypatch.setattr(
-        trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), before_kill, StopAfter(1)]
-    )
+    monkeypatch.setattr(trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), before_kill, StopAfter(1)])
     with pytest.raises(KeyboardInterrupt):
         trainer.train(config)
     monkeypatch.setattr(trainer, "default_callbacks", original)
