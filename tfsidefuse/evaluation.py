@@ -82,3 +82,50 @@ def format_table(rows: dict[str, dict[str, float]], columns=METRIC_ORDER) -> str
         cells = "  ".join(f"{values[c]:>8.4f}" if c in values else f"{'-':>8}" for c in columns)
         lines.append(f"{name:<{width}}  {cells}")
     return "\n".join(lines)
+
+
+def per_user_ranks(
+    model, prepared: PreparedDataset | str, split: str = "test", *, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """The full-ranking rank of every user's target on a split, for paired comparisons of two models.
+
+    Ranks follow the protocol of :func:`evaluate_model` (optimistic rank among
+    all items but padding and OOV, history exclusion as the model does it), so
+    ``mean(1 / log2(rank + 1) * (rank <= 20))`` is the split's NDCG@20.
+
+    Returns:
+        ``(user_ids, ranks)``: int64 user ids sorted ascending and their int64 ranks (1 = best).
+    """
+    from tfsidefuse.metrics import target_ranks
+
+    if not isinstance(prepared, PreparedDataset):
+        prepared = PreparedDataset.open(prepared)
+    import tensorflow as tf
+
+    from tfsidefuse.data.pipeline import parse_sequence_examples
+    from tfsidefuse.data.prepared import ITEM_ID, USER_ID
+
+    # Unshuffled evaluation batches come in record order: the same files, interleaved the same way, give the users.
+    files = prepared.files(split)
+    records = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), 8)
+    )
+    records = records.map(lambda s: parse_sequence_examples(s, prepared.schema))
+    users = [int(r[USER_ID]) for r in records.filter(lambda r: tf.shape(r[ITEM_ID])[0] >= 2).as_numpy_iterator()]
+    examples = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False)
+    ranks = []
+    for inputs, labels in examples:
+        rank, _ = target_ranks(labels, model(inputs, training=False))
+        ranks.append(np.asarray(rank))
+    ranks = np.concatenate(ranks)
+    if len(ranks) != len(users):
+        raise RuntimeError(f"{split}: {len(ranks)} ranked examples for {len(users)} users")
+    user_ids = np.asarray(users, dtype=np.int64)
+    order = np.argsort(user_ids, kind="stable")
+    return user_ids[order], np.rint(ranks[order]).astype(np.int64)
+
+
+def ndcg_at(ranks: np.ndarray, k: int = 20) -> np.ndarray:
+    """Per-example NDCG@k of targets at the given ranks (one relevant item)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
