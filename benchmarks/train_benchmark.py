@@ -111,7 +111,7 @@ def main(argv=None) -> int:
         "resolved_config": config.to_dict(),
         "seed": config.training.seed,
         "dataset_fingerprint": fingerprint,
-        "ranks_file": os.path.relpath(ranks_path, ROOT),
+        "ranks_file": os.path.relpath(ranks_path, os.path.dirname(args.results)),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, tensorflow {tf.__version__} cpu",
         "hardware": f"{cpu_name()}, {os.cpu_count()} cores, {threads} intra-op threads, no GPU",
         "backend": f"keras {keras.__version__} / {keras.backend.backend()}",
