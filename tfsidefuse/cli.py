@@ -18,12 +18,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _overrides(pairs: list[str]) -> dict:
+    from tfsidefuse.errors import ConfigError
+
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects section.key=value, got {pair!r}")
-        out[key] = yaml.safe_load(value)
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects section.key=value, got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"--set {pair!r}: the value {value!r} is not valid YAML ({problem})") from None
     return out
 
 
@@ -177,19 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from tfsidefuse.config import ConfigError
-    from tfsidefuse.data.schema import SchemaError
+    from tfsidefuse.errors import UserError
 
-    errors = (ConfigError, SchemaError, FileNotFoundError, FileExistsError)
-    if args.command == "export":
-        from tfsidefuse.export import ExportError
-
-        errors = (*errors, ExportError)
+    # Mistakes in what the user gave (configs, options, data files, directories) end in one message and code 2;
+    # anything else is a bug in tfsidefuse and keeps its traceback.
+    errors = (UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
     try:
         return args.fn(args)
     except errors as err:
-        print(f"tfsidefuse {args.command}: error: {err}", file=sys.stderr)
+        print(f"tfsidefuse {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: Exception) -> str:
+    """The message of a user error; OS errors name their file."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.strerror}: {err.filename}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration is invalid."""
-
+from tfsidefuse.errors import ConfigError  # noqa: F401  (re-exported: ``from tfsidefuse.config import ConfigError``)
 
 SOURCES = ("demo", "s3rec", "recbole", "tfds", "prepared")
 OBJECTIVES = ("all_positions", "prefix")

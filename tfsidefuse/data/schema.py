@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from tfsidefuse.errors import UserError
+
 PAD_ID = 0
 OOV_ID = 1
 NUM_RESERVED_IDS = 2
@@ -28,7 +30,7 @@ TRANSFORMS = (None, "time_gap")
 RESERVED_NAMES = ("item_id", "user_id", "labels")
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A schema or feature declaration is invalid."""
 
 

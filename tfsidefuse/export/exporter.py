@@ -34,6 +34,7 @@ from tfsidefuse.config import load_config
 from tfsidefuse.data.pipeline import parse_sequence_examples
 from tfsidefuse.data.prepared import ITEM_ID, PreparedDataset
 from tfsidefuse.data.schema import OOV_ID, PAD_ID
+from tfsidefuse.errors import UserError
 from tfsidefuse.evaluation import item_popularity
 from tfsidefuse.export.serving_graph import EXAMPLES, ITEM_IDS, PREDICT_EXAMPLES, SERVING_DEFAULT, ServingGraph
 from tfsidefuse.export.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE, write_warmup_file
@@ -49,7 +50,7 @@ WARMUP_BATCH_SIZES = (1, 8, 32)
 _TMP = re.compile(r"^\.tmp-(\d+)-(\d+)$")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export cannot be written (bad option, existing version, missing run files)."""
 
 
