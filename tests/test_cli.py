@@ -37,7 +37,10 @@ def test_prepare_train_evaluate_run(tmp_path, capsys):
     assert main(["evaluate", "--config", config, "--split", "valid"]) == 0
     out = capsys.readouterr().out
     assert "sasrec (valid)" in out and "most-popular (valid)" in out
-    assert main(["run", "--config", config]) == 0
+    # The run directory holds the 1-epoch run: another config (2 epochs) must not replace it silently.
+    assert main(["run", "--config", config]) == 2
+    assert "holds a finished run of a different config (changed: ['training.epochs'])" in capsys.readouterr().err
+    assert main(["run", "--config", config, "--overwrite"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["hr@5", "hr@10"])
     assert [line.split()[0] for line in lines[header + 2 : header + 5]] == ["sasrec", "sasrec", "most-popular"]

@@ -1,4 +1,8 @@
-"""tfsidefuse: side-information fusion for sequential recommendation in Keras 3."""
+"""tfsidefuse: side-information fusion for sequential recommendation in Keras 3.
+
+``import tfsidefuse`` registers every layer, model, loss and metric with Keras, so that
+``keras.models.load_model("model.keras")`` works after this one import, and gives the main entry points.
+"""
 
 import os
 
@@ -9,6 +13,25 @@ import os
 # TensorFlow op before importing tfsidefuse; set it to "false" beforehand to opt out.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
+from tfsidefuse import layers, losses, metrics, models  # noqa: E402  (importing them registers their classes)
+from tfsidefuse.errors import ConfigError, DataError, PreparedDataError, RunDirError, UserError  # noqa: E402
+from tfsidefuse.models import MaskedItemModel, NextItemModel  # noqa: E402
+from tfsidefuse.models.registry import BACKBONES, build_model  # noqa: E402
 from tfsidefuse.version import __version__  # noqa: E402
 
-__all__ = ["__version__"]
+__all__ = [
+    "BACKBONES",
+    "ConfigError",
+    "DataError",
+    "MaskedItemModel",
+    "NextItemModel",
+    "PreparedDataError",
+    "RunDirError",
+    "UserError",
+    "__version__",
+    "build_model",
+    "layers",
+    "losses",
+    "metrics",
+    "models",
+]

@@ -1,4 +1,4 @@
-"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three), export, analyze.
+"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three), verify, export, analyze.
 
 Every subcommand but ``export`` and ``analyze`` takes ``--config path.yaml``; ``--set section.key=value``
 overrides single keys (values are parsed as YAML).
@@ -59,7 +59,7 @@ def cmd_train(args) -> int:
     from tfsidefuse.training.trainer import train
 
     config = _load(args)
-    result = train(config, evaluate_test=not args.no_test)
+    result = train(config, evaluate_test=not args.no_test, overwrite=args.overwrite)
     rows = {
         f"{config.model.name} ({split})": result.metrics[split]
         for split in ("valid", "test")
@@ -81,10 +81,12 @@ def cmd_evaluate(args) -> int:
 def cmd_run(args) -> int:
     from tfsidefuse.config import load_config
     from tfsidefuse.evaluation import evaluate_most_popular
-    from tfsidefuse.training.trainer import prepare, train
+    from tfsidefuse.training.trainer import check_run_dir, prepare, train
 
-    # Validate every config before any work starts.
+    # Validate every config and run directory before any work starts.
     configs = [load_config(path, _overrides(args.set)) for path in args.config]
+    for config in configs:
+        check_run_dir(config.training.run_dir, config, overwrite=args.overwrite)
     rows, baselines, notes = {}, {}, []
     several_datasets = len({c.dataset.prepared_dir for c in configs}) > 1
     for config in configs:
@@ -94,7 +96,7 @@ def cmd_run(args) -> int:
             f"dataset {name}: {prepared.stats['users']} users, {prepared.stats['items']} items, "
             f"{prepared.stats['interactions']} interactions (prepared in {prepared.directory})"
         )
-        result = train(config, prepared)
+        result = train(config, prepared, overwrite=args.overwrite)
         m = result.metrics
         label = f"{config.model.name} [{name}]" if several_datasets else config.model.name
         rows[f"{label} (valid)"] = m["valid"]
@@ -111,6 +113,22 @@ def cmd_run(args) -> int:
     print()
     print("\n".join(notes))
     _print_rows(rows)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from tfsidefuse.data.manifest import check_prepared
+    from tfsidefuse.data.prepared import PreparedDataset
+
+    prepared = PreparedDataset.open(args.prepared_dir)
+    manifest = check_prepared(prepared.directory, prepared.manifest, hashes=True)
+    splits = ", ".join(
+        f"{name} {entry['records']} records in {entry['shards']} shards" for name, entry in manifest["splits"].items()
+    )
+    print(f"{prepared.directory}: {len(manifest['files'])} files match the manifest ({splits})")
+    print(f"fingerprint {manifest['fingerprint']}")
+    if manifest.get("raw_inputs"):
+        print(f"raw inputs {manifest['raw_fingerprint']} ({', '.join(sorted(manifest['raw_inputs']))})")
     return 0
 
 
@@ -153,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
     p = add("train", cmd_train, "train a model; save it with its validation and test metrics")
     p.add_argument("--no-test", action="store_true", help="skip the test-split evaluation")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run of another config in run_dir")
     p = add("evaluate", cmd_evaluate, "evaluate a trained run with full-ranking metrics")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
@@ -162,7 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare (if needed), train and evaluate one or more configs; print one metrics table",
         many=True,
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing prepared dataset and finished runs of other configs in the run directories",
+    )
+    p = sub.add_parser("verify", help="check every file of a prepared dataset against its manifest (sizes, hashes)")
+    p.add_argument("prepared_dir", help="the prepared dataset directory")
+    p.set_defaults(fn=cmd_verify)
     p = sub.add_parser("export", help="export a trained run as a versioned SavedModel for TensorFlow Serving")
     p.add_argument("--run", required=True, help="training run directory (model.keras, config.yaml)")
     p.add_argument("--base", required=True, help="models directory; the export goes to <base>/<version>/")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset
+from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset, reading
 from tfsidefuse.data.prepared import PreparedDataset
 from tfsidefuse.metrics import ranking_metrics
 
@@ -34,7 +34,8 @@ def evaluate_model(
     ds = make_dataset(
         prepared, split, mode="eval", batch_size=batch_size, features=features, shuffle=False, bucket_boundaries="auto"
     )
-    results = model.evaluate(ds, verbose=verbose, return_dict=True)
+    with reading(prepared if isinstance(prepared, PreparedDataset) else PreparedDataset.open(prepared)):
+        results = model.evaluate(ds, verbose=verbose, return_dict=True)
     return {k: float(v) for k, v in results.items()}
 
 
@@ -45,9 +46,10 @@ def item_popularity(prepared: PreparedDataset | str) -> np.ndarray:
     counts = np.zeros(prepared.schema.num_items, dtype=np.float64)
     longest = int(prepared.stats.get("max_length", prepared.schema.max_len))
     ds = make_dataset(prepared, "train", mode="eval", batch_size=4096, max_len=longest, shuffle=False)
-    for inputs, labels in ds:
-        ids = np.concatenate([inputs[ITEM_IDS].numpy().ravel(), labels.numpy().ravel()])
-        counts += np.bincount(ids, minlength=len(counts))[: len(counts)]
+    with reading(prepared):
+        for inputs, labels in ds:
+            ids = np.concatenate([inputs[ITEM_IDS].numpy().ravel(), labels.numpy().ravel()])
+            counts += np.bincount(ids, minlength=len(counts))[: len(counts)]
     counts[:2] = 0.0
     return counts
 
@@ -66,10 +68,11 @@ def evaluate_most_popular(
     scores = counts - np.arange(len(counts)) * 1e-9
     metrics = ranking_metrics()
     ds = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False)
-    for _, labels in ds:
-        y_pred = np.broadcast_to(scores.astype(np.float32), (labels.shape[0], len(scores)))
-        for m in metrics:
-            m.update_state(labels.numpy(), y_pred)
+    with reading(prepared):
+        for _, labels in ds:
+            y_pred = np.broadcast_to(scores.astype(np.float32), (labels.shape[0], len(scores)))
+            for m in metrics:
+                m.update_state(labels.numpy(), y_pred)
     return {m.name: float(m.result()) for m in metrics}
 
 
@@ -114,9 +117,10 @@ def per_user_ranks(
     users = [int(r[USER_ID]) for r in records.filter(lambda r: tf.shape(r[ITEM_ID])[0] >= 2).as_numpy_iterator()]
     examples = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False)
     ranks = []
-    for inputs, labels in examples:
-        rank, _ = target_ranks(labels, model(inputs, training=False))
-        ranks.append(np.asarray(rank))
+    with reading(prepared):
+        for inputs, labels in examples:
+            rank, _ = target_ranks(labels, model(inputs, training=False))
+            ranks.append(np.asarray(rank))
     ranks = np.concatenate(ranks)
     if len(ranks) != len(users):
         raise RuntimeError(f"{split}: {len(ranks)} ranked examples for {len(users)} users")

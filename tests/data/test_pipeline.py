@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tfsidefuse.data.ingest import encode
+from tfsidefuse.data.manifest import write_manifest
 from tfsidefuse.data.pipeline import (
     bucket_batch_sizes,
     count_examples,
@@ -119,7 +120,7 @@ def test_atomic_write_refuses_overwrite_and_cleans_up(tiny_raw, tmp_path, monkey
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepared_module.np, "savez", boom)
+    monkeypatch.setattr(prepared_module, "_save_npz", boom)
     with pytest.raises(KeyboardInterrupt):
         write_prepared(enc, tmp_path / "other")
     assert sorted(os.listdir(tmp_path)) == ["ds"]
@@ -145,6 +146,8 @@ def test_malformed_record_names_the_missing_feature(prepared, tmp_path):
             os.symlink(src, dst)
     with tf.io.TFRecordWriter(str(bad / "part-00000-of-00001.tfrecord")) as w:
         w.write(sequence_example(2, [2, 3, 4], {}))  # no "rating" / "gap" lists
+    os.remove(tmp_path / "bad" / "manifest.json")  # a symlink to the original's
+    write_manifest(str(tmp_path / "bad"))  # a consistent directory whose record lacks the declared features
     with pytest.raises(tf.errors.InvalidArgumentError, match="rating|gap"):
         list(make_dataset(tmp_path / "bad", "test", batch_size=2))
 

@@ -95,6 +95,6 @@ def test_cpp_loader_rejects_a_bad_request_with_invalid_argument(zoo, runner, tmp
     proc = subprocess.run([runner, "replay", export_dir, path], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = parse_replay(proc.stdout)
-    assert "item_ids" in got[0]["error"] and "not compatible with expected shape" in got[0]["error"]
+    assert "input `item_ids` must be a 2-D string tensor [batch, events], got shape [2]" in got[0]["error"]
     assert "input `action` must have the same shape as `item_ids`" in got[1]["error"]
     assert "string" in got[2]["error"] and "int64" in got[2]["error"]

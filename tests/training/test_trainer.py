@@ -7,6 +7,7 @@ import pytest
 
 from tfsidefuse.config import ConfigError, RunConfig
 from tfsidefuse.data.pipeline import make_dataset
+from tfsidefuse.errors import PreparedDataError
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
 from tfsidefuse.training import trainer
 from tfsidefuse.training.callbacks import ValidationReduceLROnPlateau, cosine_learning_rate, default_callbacks
@@ -89,14 +90,14 @@ def test_saved_model_reloads_with_equal_predictions(trained):
 
 def test_prepare_is_reused_and_refuses_a_different_config(trained, tmp_path):
     config, _ = trained
-    stamp = os.path.join(config.dataset.prepared_dir, trainer.PREPARE_FINGERPRINT)
+    stamp = os.path.join(config.dataset.prepared_dir, "manifest.json")
     before = os.path.getmtime(stamp)
     trainer.prepare(config)
     assert os.path.getmtime(stamp) == before
     other = small_config(tmp_path)
     other.dataset.prepared_dir = config.dataset.prepared_dir
     other.dataset.max_len = 10
-    with pytest.raises(FileExistsError, match="different dataset config"):
+    with pytest.raises(PreparedDataError, match=r"different dataset config \(changed: \['dataset.max_len'\]\)"):
         trainer.prepare(other)
 
 

@@ -19,10 +19,15 @@ batch (or ``max_len`` with ``pad_to_max_len``). Three example modes:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import tensorflow as tf
 
+from tfsidefuse.data.manifest import check_prepared
 from tfsidefuse.data.prepared import ITEM_ID, USER_ID, PreparedDataset
 from tfsidefuse.data.schema import DatasetSchema
+from tfsidefuse.errors import PreparedDataError
 
 MODES = ("all_positions", "prefix", "eval")
 #: Model input key of the item-id sequence.
@@ -311,6 +316,11 @@ def make_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=seed is not None or not shuffle,
     )
+    expected = prepared.split_records(split)
+    if expected is not None:
+        # A shard that lost records (or reads as none: TensorFlow takes a garbled length for the end of the file)
+        # fails the pass at its end instead of yielding metrics from part of the users.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(expected))
     ds = ds.map(lambda s: parse_sequence_examples(s, schema), num_parallel_calls=tf.data.AUTOTUNE)
     if cache and shuffle:
         ds = ds.cache()
@@ -368,3 +378,26 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+@contextlib.contextmanager
+def reading(prepared: PreparedDataset) -> Iterator[None]:
+    """Turns a failed read of a prepared dataset's records into a :class:`PreparedDataError` naming the file.
+
+    TensorFlow reports a damaged TFRecord file (``DataLossError``), a split with fewer records than the manifest
+    lists (``assert_cardinality``) or a record without a declared feature deep inside ``fit`` / ``evaluate``,
+    without the file. On such an error the directory is checked byte by byte against its manifest; the first file
+    that differs is named. An error the check cannot explain is raised as it is.
+    """
+    try:
+        yield
+    except tf.errors.OpError as err:
+        if not prepared.manifest:
+            raise
+        check_prepared(prepared.directory, prepared.manifest, hashes=True)
+        if "expected to contain" in str(err.message):
+            raise PreparedDataError(
+                f"prepared dataset {prepared.directory}: a split yielded another number of records than its manifest "
+                f"lists ({err.message.strip()}), although every file matches the manifest"
+            ) from err
+        raise

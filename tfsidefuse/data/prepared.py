@@ -8,13 +8,18 @@ Layout::
     <dir>/stats.json               dataset statistics
     <dir>/{train,valid,test}/part-XXXXX-of-YYYYY.tfrecord
                                    tf.train.SequenceExample, one per user
+    <dir>/manifest.json            size, SHA-256 and record count of every file; fingerprints of the
+                                   content, of the raw inputs and of the dataset config
 
 A record holds the user id (context ``user_id``) and the feature lists
 ``item_id`` and one per interaction-level feature. A split's record of a user
 holds the events up to that split's target (the target is the last event).
 
 Writing is atomic: everything goes to a temporary directory beside the target,
-which is renamed into place at the end.
+which is renamed into place at the end; temporary directories of killed writers are
+removed by the next write. Opening checks every file's size against the manifest;
+:func:`tfsidefuse.data.manifest.check_prepared` with ``hashes=True`` (``tfsidefuse verify``)
+also checks every byte.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 import numpy as np
 import tensorflow as tf
 
+from tfsidefuse.data import manifest as manifest_lib
 from tfsidefuse.data.ingest import SPLITS, EncodedDataset, split_end
 from tfsidefuse.data.schema import DatasetSchema
+from tfsidefuse.errors import PreparedDataError
 
 SCHEMA_FILE = "schema.yaml"
 STATS_FILE = "stats.json"
@@ -76,16 +84,70 @@ def _write_split(encoded: EncodedDataset, split: str, directory: str, num_shards
     return count
 
 
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed entry times, so equal tables give equal bytes (and equal dataset fingerprints)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.asarray(arrays[name]), allow_pickle=False)
+
+
+def _temp_prefix(directory: str, kind: str) -> str:
+    return f".{os.path.basename(directory)}.{kind}-"
+
+
+def remove_stale_temp_dirs(directory: str) -> list[str]:
+    """Removes the temporary directories that killed writers of ``directory`` left beside it.
+
+    A writer's temporary directory carries its process id; those whose process is gone are removed.
+
+    Returns:
+        The removed paths.
+    """
+    parent = os.path.dirname(os.path.abspath(directory))
+    if not os.path.isdir(parent):
+        return []
+    removed = []
+    for name in os.listdir(parent):
+        for kind in ("tmp", "old"):
+            prefix = _temp_prefix(directory, kind)
+            pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
+            if pid.isdigit() and not _process_alive(int(pid)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_prepared(
-    encoded: EncodedDataset, directory: str | os.PathLike, *, num_shards: int = 4, overwrite: bool = False
+    encoded: EncodedDataset,
+    directory: str | os.PathLike,
+    *,
+    num_shards: int = 4,
+    overwrite: bool = False,
+    raw_inputs: dict[str, str] | None = None,
+    dataset_config: dict | None = None,
 ) -> str:
-    """Writes an encoded dataset as a prepared-dataset directory, atomically.
+    """Writes an encoded dataset as a prepared-dataset directory, atomically, with its manifest.
 
     Args:
         encoded: the output of :func:`tfsidefuse.data.ingest.encode`.
         directory: the target directory; must not exist unless ``overwrite``.
         num_shards: TFRecord files per split.
         overwrite: replace an existing prepared dataset.
+        raw_inputs: raw file name -> SHA-256 (:func:`tfsidefuse.data.manifest.raw_inputs`), recorded in the
+            manifest: ``prepare`` compares it with the raw files before it reuses the directory.
+        dataset_config: the dataset config section it was prepared from, recorded in the manifest.
 
     Returns:
         The directory path.
@@ -97,7 +159,8 @@ def write_prepared(
         raise FileExistsError(f"prepared dataset directory already exists: {directory} (use overwrite=True)")
     parent = os.path.dirname(directory)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+    remove_stale_temp_dirs(directory)
+    tmp = tempfile.mkdtemp(prefix=f"{_temp_prefix(directory, 'tmp')}{os.getpid()}-", dir=parent)
     try:
         stats = dict(encoded.stats)
         for split in SPLITS:
@@ -106,13 +169,14 @@ def write_prepared(
         for name, tokens in encoded.vocabularies.items():
             with open(os.path.join(tmp, VOCAB_DIR, f"{name}.txt"), "w") as fh:
                 fh.write("\n".join(tokens) + "\n")
-        np.savez(os.path.join(tmp, ITEM_FEATURES_FILE), **encoded.item_feature_tables)
+        _save_npz(os.path.join(tmp, ITEM_FEATURES_FILE), encoded.item_feature_tables)
         with open(os.path.join(tmp, STATS_FILE), "w") as fh:
             json.dump(stats, fh, indent=2)
         encoded.schema.save(os.path.join(tmp, SCHEMA_FILE))
+        manifest_lib.write_manifest(tmp, raw_inputs=raw_inputs, dataset_config=dataset_config)
         os.chmod(tmp, 0o755)
         if os.path.exists(directory):
-            trash = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
+            trash = tempfile.mkdtemp(prefix=f"{_temp_prefix(directory, 'old')}{os.getpid()}-", dir=parent)
             os.rename(directory, os.path.join(trash, "old"))
             os.rename(tmp, directory)
             shutil.rmtree(trash, ignore_errors=True)
@@ -133,27 +197,56 @@ class PreparedDataset:
         schema: the dataset schema.
         item_feature_tables: item id -> attribute ids per item-level feature.
         stats: dataset statistics written at prepare time.
+        manifest: what every file should be (:mod:`tfsidefuse.data.manifest`).
     """
 
     directory: str
     schema: DatasetSchema
     item_feature_tables: dict[str, np.ndarray]
     stats: dict
+    manifest: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> PreparedDataset:
+    def open(cls, directory: str | os.PathLike, *, verify: bool = False) -> PreparedDataset:
+        """Opens a prepared directory after checking its files against the manifest.
+
+        Args:
+            directory: the prepared dataset directory.
+            verify: also check every file's SHA-256 and every shard's record count (reads every byte);
+                by default only the sizes are checked.
+
+        Raises:
+            FileNotFoundError: the directory is not a prepared dataset.
+            PreparedDataError: a file is missing or differs from the manifest, or the manifest is missing.
+        """
         directory = os.fspath(directory)
         schema_path = os.path.join(directory, SCHEMA_FILE)
         if not os.path.exists(schema_path):
             raise FileNotFoundError(
                 f"not a prepared dataset (no {SCHEMA_FILE}): {directory}; run `tfsidefuse prepare` first"
             )
-        schema = DatasetSchema.load(schema_path)
-        with np.load(os.path.join(directory, ITEM_FEATURES_FILE)) as npz:
-            tables = {name: npz[name] for name in npz.files}
-        with open(os.path.join(directory, STATS_FILE)) as fh:
-            stats = json.load(fh)
-        return cls(directory=directory, schema=schema, item_feature_tables=tables, stats=stats)
+        manifest = manifest_lib.check_prepared(directory, hashes=verify)
+        try:
+            schema = DatasetSchema.load(schema_path)
+            with np.load(os.path.join(directory, ITEM_FEATURES_FILE)) as npz:
+                tables = {name: npz[name] for name in npz.files}
+            with open(os.path.join(directory, STATS_FILE)) as fh:
+                stats = json.load(fh)
+        except (OSError, ValueError, KeyError) as err:
+            # The sizes matched, so the bytes changed in place: the hashes name the file.
+            manifest_lib.check_prepared(directory, manifest, hashes=True)
+            raise PreparedDataError(f"prepared dataset {directory} cannot be read: {err}") from err
+        return cls(directory=directory, schema=schema, item_feature_tables=tables, stats=stats, manifest=manifest)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over every data file, from the manifest: equal fingerprints mean byte-equal datasets."""
+        return self.manifest.get("fingerprint", "")
+
+    def split_records(self, split: str) -> int | None:
+        """The number of records the manifest lists for a split (one per user), or None without a manifest."""
+        entry = self.manifest.get("splits", {}).get(split)
+        return None if entry is None else int(entry["records"])
 
     def vocabulary(self, name: str) -> list[str]:
         """Tokens of an id space (``item_id``, ``user_id`` or a categorical feature); index = id."""
@@ -166,6 +259,11 @@ class PreparedDataset:
     def files(self, split: str) -> list[str]:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        listed = sorted(
+            rel for rel in self.manifest.get("files", {}) if rel.startswith(f"{split}/") and rel.endswith(".tfrecord")
+        )
+        if listed:
+            return [os.path.join(self.directory, *rel.split("/")) for rel in listed]
         found = sorted(tf.io.gfile.glob(os.path.join(self.directory, split, "*.tfrecord")))
         if not found:
             raise FileNotFoundError(f"no TFRecord files for split {split!r} in {self.directory}")

@@ -9,6 +9,9 @@ Three formats are supported:
 
 All readers return raw tokens as strings: user and item ids, categorical tokens and the
 elements of multi-valued features. Numeric columns meant to be bucketized stay float.
+
+A file whose content does not follow its format raises :class:`~tfsidefuse.errors.DataError`, whose
+message names the file, the line and the offending value.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pandas as pd
 
 from tfsidefuse.data.raw_dataset import ITEM, TIME, USER, RawDataset
 from tfsidefuse.data.schema import RESERVED_NAMES, FeatureSpec
+from tfsidefuse.errors import DataError
 
 __all__ = ["TIME_GAP_BOUNDARIES", "read_recbole", "read_s3rec", "read_tfds_movielens", "time_gap_feature"]
 
@@ -78,6 +82,34 @@ def _check_file(path: Path) -> None:
         raise FileNotFoundError(f"file not found: {path}")
 
 
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a leading byte-order mark is dropped), trailing blank lines removed."""
+    lines = _read_text(path).splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _read_text(path: Path) -> str:
+    """The content of a UTF-8 text file (a leading byte-order mark is dropped).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        DataError: the file is not UTF-8 text; the message names the line, column and byte.
+    """
+    _check_file(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line_start = data.rfind(b"\n", 0, err.start) + 1
+        lineno = data.count(b"\n", 0, err.start) + 1
+        bad = data[err.start : err.end]
+        raise DataError(
+            f"{path}:{lineno}: not UTF-8 text: byte(s) {bad!r} at column {err.start - line_start + 1} ({err.reason})"
+        ) from None
+
+
 def _feature_name(field: str) -> str:
     """A valid feature name for a source column name (identifier, not reserved)."""
     name = re.sub(r"\W", "_", field)
@@ -93,41 +125,72 @@ def _feature_name(field: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _canonical_int(token: str) -> str:
+    """The canonical spelling of a non-negative integer token ("007" -> "7", "000" -> "0")."""
+    return token.lstrip("0") or "0"
+
+
 def _read_s3rec_sequences(path: Path) -> tuple[list[str], list[int], list[str]]:
-    """Parses ``sequences.txt`` into (users, sequence lengths, flat item tokens), validating every token."""
-    _check_file(path)
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    rows = [line.split() for line in lines]
+    """Parses ``sequences.txt`` into (users, sequence lengths, flat item tokens), validating every token.
+
+    User ids are non-negative integers; item ids are positive integers, since the format keeps 0 for padding.
+    Ids are returned in their canonical spelling ("007" -> "7"), so that they match the attribute file's keys.
+    """
+    lines = _read_lines(path)
+    if not lines:
+        raise DataError(f"{path}:1: empty file, expected one line 'user_id item_id [item_id ...]' per user")
     users: list[str] = []
     lengths: list[int] = []
+    items: list[str] = []
     seen: dict[str, int] = {}
-    for lineno, row in enumerate(rows, start=1):
-        if len(row) < 2:
-            raise ValueError(
-                f"{path}:{lineno}: expected 'user_id item_id [item_id ...]' (at least 2 tokens), "
-                f"got {lines[lineno - 1]!r}"
+    for lineno, line in enumerate(lines, start=1):
+        row = line.split()
+        if not row:
+            raise DataError(
+                f"{path}:{lineno}: blank line; expected 'user_id item_id [item_id ...]' (at least 2 tokens), "
+                f"got {line!r}"
             )
-        for tok in row:
+        if len(row) < 2:
+            raise DataError(
+                f"{path}:{lineno}: user {row[0]!r} has no items; expected 'user_id item_id [item_id ...]' "
+                f"(at least 2 tokens), got {line!r}"
+            )
+        if not (row[0].isascii() and row[0].isdigit()):
+            raise DataError(f"{path}:{lineno}: user ids must be non-negative integers, got {row[0]!r}")
+        for position, tok in enumerate(row[1:], start=2):
             if not (tok.isascii() and tok.isdigit()):
-                raise ValueError(f"{path}:{lineno}: ids must be non-negative integers, got {tok!r}")
-        user = row[0].lstrip("0") or "0"
+                raise DataError(
+                    f"{path}:{lineno}: item ids must be positive integers, got {tok!r} (token {position} of the line)"
+                )
+            if _canonical_int(tok) == "0":
+                raise DataError(
+                    f"{path}:{lineno}: item id {tok!r} (token {position} of the line): item ids in the S3-Rec "
+                    f"format start at 1 (0 is padding)"
+                )
+        user = _canonical_int(row[0])
         if user in seen:
-            raise ValueError(f"{path}:{lineno}: user {row[0]!r} already appears on line {seen[user]}")
+            raise DataError(f"{path}:{lineno}: user {row[0]!r} already appears on line {seen[user]}")
         seen[user] = lineno
         users.append(user)
         lengths.append(len(row) - 1)
-    # Canonical integer spelling ("007" -> "7"), so that the ids match the attribute file's keys.
-    items = [tok.lstrip("0") or "0" for row in rows for tok in row[1:]]
+        items.extend(_canonical_int(tok) for tok in row[1:])
     return users, lengths, items
 
 
-def _json_error_line(text: str, key: str) -> int | None:
-    """The line of ``text`` on which the JSON key ``key`` is defined (best effort)."""
-    match = re.search(r'"' + re.escape(key) + r'"\s*:', text)
-    return text.count("\n", 0, match.start()) + 1 if match else None
+def _json_error_line(text: str, key: str, occurrence: int = 1) -> int | None:
+    """The line of ``text`` on which the JSON key ``key`` is defined for the ``occurrence``-th time (best effort)."""
+    for count, match in enumerate(re.finditer(r'"' + re.escape(key) + r'"\s*:', text), start=1):
+        if count == occurrence:
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
+def _json_context(text: str, pos: int) -> str:
+    """What a JSON syntax error at ``pos`` is next to: ``, near '...'`` (up to 40 characters of its line)."""
+    near = text[pos : pos + 40].split("\n", 1)[0]
+    if near.strip():
+        return f", near {near!r}"
+    return ", at the end of the file" if not text[pos:].strip() else ", at the end of the line"
 
 
 class _LazyWhere:
@@ -145,35 +208,48 @@ class _LazyWhere:
 
 def _read_s3rec_attributes(path: Path) -> dict[str, list[str]]:
     """Parses ``item_attributes.json`` into ``{item: [attribute token, ...]}`` (source order, duplicates kept)."""
-    _check_file(path)
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
+    text = _read_text(path)
+    repeated: list[str] = []
+
+    def pairs_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        # The top-level object is the last one decoded: its repeated keys are the ones left in ``repeated``.
+        keys = [key for key, _ in pairs]
+        repeated[:] = sorted({key for key in keys if keys.count(key) > 1}, key=keys.index)
+        return dict(pairs)
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg}) at column {err.colno}") from err
+        raise DataError(
+            f"{path}:{err.lineno}: invalid JSON ({err.msg}) at column {err.colno}{_json_context(text, err.pos)}"
+        ) from None
     if not isinstance(data, dict):
-        raise ValueError(
+        raise DataError(
             f'{path}:1: expected a JSON object {{"item_id": [attr_id, ...]}}, '
             f"got {type(data).__name__} {str(data)[:80]!r}"
         )
+    if repeated:
+        key = repeated[0]
+        raise DataError(f"{path}:{_json_error_line(text, key, 2) or '?'}: item {key!r} is listed twice")
     out: dict[str, list[str]] = {}
     for key, value in data.items():
         where = _LazyWhere(path, text, key)
         if not (key.isascii() and key.isdigit()):
-            raise ValueError(f"{where}: item ids must be non-negative integers, got key {key!r}")
+            raise DataError(f"{where}: item ids must be non-negative integers, got key {key!r}")
+        item = _canonical_int(key)
+        if item == "0":
+            raise DataError(f"{where}: item id {key!r}: item ids in the S3-Rec format start at 1 (0 is padding)")
         if not isinstance(value, list):
-            raise ValueError(f"{where}: item {key!r}: expected a list of attribute ids, got {value!r}")
+            raise DataError(f"{where}: item {key!r}: expected a list of attribute ids, got {value!r}")
         tokens = []
         for attr in value:
             if isinstance(attr, bool) or not (
                 isinstance(attr, int) or (isinstance(attr, str) and _INT_TOKEN.fullmatch(attr))
             ):
-                raise ValueError(f"{where}: item {key!r}: attribute ids must be integers, got {attr!r}")
+                raise DataError(f"{where}: item {key!r}: attribute ids must be integers, got {attr!r}")
             tokens.append(str(int(attr)))
-        item = key.lstrip("0") or "0"
         if item in out:
-            raise ValueError(f"{where}: item {key!r} is listed twice")
+            raise DataError(f"{where}: item {key!r} is listed twice")
         out[item] = tokens
     return out
 
@@ -184,6 +260,7 @@ def read_s3rec(path: str | os.PathLike, name: str | None = None) -> RawDataset:
     ``sequences.txt`` holds one user per line, ``user_id item_id item_id ...``, items in
     chronological order; ``item_attributes.json`` maps each item id to its list of attribute ids.
     There is no time column: the interactions keep the file order, which is the chronological order.
+    Ids are integers; item ids start at 1, as the format keeps 0 for padding.
 
     Args:
         path: the directory holding ``sequences.txt`` and ``item_attributes.json``.
@@ -198,7 +275,9 @@ def read_s3rec(path: str | os.PathLike, name: str | None = None) -> RawDataset:
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: malformed content; the message names the file, the line and the bad value.
+        DataError: malformed content (not UTF-8, not an integer id, item id 0, an empty file, a user
+            without items, a repeated user or item, invalid JSON or JSON of another shape); the message
+            names the file, the line and the bad value.
     """
     root = Path(path)
     if not root.is_dir():
@@ -226,34 +305,42 @@ def read_s3rec(path: str | os.PathLike, name: str | None = None) -> RawDataset:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def _spaced_header_entry(entry: str) -> bool:
+    """Whether a header cell holds several ``field:type`` entries separated by spaces instead of tabs."""
+    tokens = entry.split()
+    return len(tokens) > 1 and sum(":" in tok for tok in tokens) > 1
+
+
 def _read_atomic(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
     """Reads one RecBole atomic file: (field names, field types, columns of raw strings)."""
-    _check_file(path)
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
+    lines = _read_lines(path)
     if not lines:
-        raise ValueError(f"{path}:1: empty file, expected a header 'field:type<TAB>field:type...'")
+        raise DataError(f"{path}:1: empty file, expected a header 'field:type<TAB>field:type...'")
     fields, types = [], []
     for entry in lines[0].split("\t"):
+        if _spaced_header_entry(entry):
+            raise DataError(f"{path}:1: the header fields must be separated by tabs, found spaces: {entry.strip()!r}")
         field, sep, ftype = entry.strip().rpartition(":")
         if not sep or not field:
-            raise ValueError(f"{path}:1: header entries must be 'field:type', got {entry!r}")
+            raise DataError(f"{path}:1: header entries must be 'field:type', got {entry!r}")
         if ftype not in RECBOLE_TYPES:
-            raise ValueError(
+            raise DataError(
                 f"{path}:1: unknown type {ftype!r} in header entry {entry!r}; known types: {list(RECBOLE_TYPES)}"
             )
         if field in fields:
-            raise ValueError(f"{path}:1: duplicate field {field!r} in the header")
+            raise DataError(f"{path}:1: duplicate field {field!r} in the header")
         fields.append(field)
         types.append(ftype)
     rows = [line.split("\t") for line in lines[1:]]
     n = len(fields)
     for lineno, row in enumerate(rows, start=2):
         if len(row) != n:
-            raise ValueError(
-                f"{path}:{lineno}: expected {n} tab-separated fields {fields}, got {len(row)}: {lines[lineno - 1]!r}"
+            line = lines[lineno - 1]
+            hint = ""
+            if len(row) == 1 and len(line.split()) == n:
+                hint = " (the fields must be separated by tabs, found spaces)"
+            raise DataError(
+                f"{path}:{lineno}: expected {n} tab-separated fields {fields}, got {len(row)}: {line!r}{hint}"
             )
     columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in fields]
     return fields, types, columns
@@ -261,15 +348,22 @@ def _read_atomic(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
 
 def _float_column(path: Path, field: str, values: list[str]) -> np.ndarray:
     """Parses a float column; empty fields become NaN."""
-    try:
-        return np.asarray([float(v) if v.strip() else np.nan for v in values], dtype=np.float64)
-    except ValueError:
-        for lineno, v in enumerate(values, start=2):
-            try:
-                float(v) if v.strip() else None
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: field {field!r} (float) must be a number, got {v!r}") from None
-        raise
+    numbers = np.empty(len(values), dtype=np.float64)
+    for lineno, v in enumerate(values, start=2):
+        try:
+            numbers[lineno - 2] = float(v) if v.strip() else np.nan
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: field {field!r} (float) must be a number, got {v!r}") from None
+    return numbers
+
+
+def _check_not_empty(path: Path, fields: list[str], columns: list[list[str]], field: str) -> None:
+    """Raises a DataError naming the first line whose value of the required field ``field`` is empty."""
+    col = fields.index(field)
+    for row, value in enumerate(columns[col]):
+        if not value.strip():
+            line = "\t".join(column[row] for column in columns)
+            raise DataError(f"{path}:{row + 2}: empty {field!r} (field {col + 1} of {line!r}); the field is required")
 
 
 def _token_column(values: list[str]) -> np.ndarray:
@@ -284,7 +378,7 @@ def _convert_column(path: Path, field: str, ftype: str, values: list[str], level
         return FeatureSpec(name, level, "categorical"), pd.Series(_token_column(values))
     if ftype == "token_seq":
         if level != "item":
-            raise ValueError(
+            raise DataError(
                 f"{path}: field {field!r} has type token_seq: multi-valued features are only supported at item level"
             )
         lists = [v.split() for v in values]
@@ -299,7 +393,7 @@ def _convert_column(path: Path, field: str, ftype: str, values: list[str], level
         if len(distinct) <= MAX_CATEGORICAL_FLOAT_VALUES:
             return FeatureSpec(name, level, "categorical"), pd.Series(_format_numbers(numbers))
         return FeatureSpec(name, level, "bucketized", num_buckets=DEFAULT_NUM_BUCKETS), pd.Series(numbers)
-    raise ValueError(f"{path}: field {field!r} has type {ftype!r}, which cannot be used as a side feature")
+    raise DataError(f"{path}: field {field!r} has type {ftype!r}, which cannot be used as a side feature")
 
 
 def _select(path: Path, requested: list[str] | None, default: list[str], available: list[str], what: str) -> list[str]:
@@ -309,7 +403,7 @@ def _select(path: Path, requested: list[str] | None, default: list[str], availab
         requested = [requested]
     unknown = [f for f in requested if f not in available]
     if unknown:
-        raise ValueError(f"{path}: unknown {what} column(s) {unknown}; available columns: {available}")
+        raise DataError(f"{path}: unknown {what} column(s) {unknown}; available columns: {available}")
     return list(dict.fromkeys(requested))
 
 
@@ -350,9 +444,11 @@ def read_recbole(
 
     Raises:
         FileNotFoundError: the directory or ``<name>.inter`` is missing.
-        ValueError: a malformed header or row (the message names the file, the line and the value),
-            a missing ``user_id``/``item_id`` column, an unknown column in ``interaction_features``
-            / ``item_features`` (the message lists the available ones) or a column whose type cannot
+        DataError: a malformed header (an entry without a known ``:type``, fields separated by spaces)
+            or row (a wrong number of fields, an empty ``user_id``/``item_id``/``timestamp``, a
+            non-numeric float; the message names the file, the line and the value), a missing
+            ``user_id``/``item_id`` column, an unknown column in ``interaction_features`` /
+            ``item_features`` (the message lists the available ones) or a column whose type cannot
             be used at the requested level.
     """
     root = Path(path)
@@ -363,9 +459,12 @@ def read_recbole(
     fields, types, columns = _read_atomic(inter_path)
     for required in (RECBOLE_USER, RECBOLE_ITEM):
         if required not in fields:
-            raise ValueError(f"{inter_path}:1: the header lacks the field {required!r}; fields are {fields}")
+            raise DataError(f"{inter_path}:1: the header lacks the field {required!r}; fields are {fields}")
     by_field = dict(zip(fields, columns))
     type_of = dict(zip(fields, types))
+    for required in (RECBOLE_USER, RECBOLE_ITEM, RECBOLE_TIME):
+        if required in by_field:
+            _check_not_empty(inter_path, fields, columns, required)
 
     interactions = pd.DataFrame(
         {
@@ -373,11 +472,6 @@ def read_recbole(
             ITEM: pd.Series(_token_column(by_field[RECBOLE_ITEM])),
         }
     )
-    for col, field in ((USER, RECBOLE_USER), (ITEM, RECBOLE_ITEM)):
-        missing = interactions[col].isna().to_numpy()
-        if missing.any():
-            lineno = int(np.argmax(missing)) + 2
-            raise ValueError(f"{inter_path}:{lineno}: empty {field!r}")
     has_time = RECBOLE_TIME in fields
     if has_time:
         interactions[TIME] = _float_column(inter_path, RECBOLE_TIME, by_field[RECBOLE_TIME])
@@ -397,8 +491,9 @@ def read_recbole(
     if item_path.is_file():
         ifields, itypes, icolumns = _read_atomic(item_path)
         if RECBOLE_ITEM not in ifields:
-            raise ValueError(f"{item_path}:1: the header lacks the field {RECBOLE_ITEM!r}; fields are {ifields}")
+            raise DataError(f"{item_path}:1: the header lacks the field {RECBOLE_ITEM!r}; fields are {ifields}")
         iby_field = dict(zip(ifields, icolumns))
+        _check_not_empty(item_path, ifields, icolumns, RECBOLE_ITEM)
         itype_of = dict(zip(ifields, itypes))
         iavailable = [f for f in ifields if f != RECBOLE_ITEM]
         idefault = [
@@ -413,14 +508,14 @@ def read_recbole(
             spec, data = _convert_column(item_path, field, itype_of[field], iby_field[field], "item")
             items_df[spec.name] = data
             features.append(spec)
-        items_df = items_df[items_df[ITEM].notna()].drop_duplicates(ITEM, keep="first").reset_index(drop=True)
+        items_df = items_df.drop_duplicates(ITEM, keep="first").reset_index(drop=True)
     elif item_features:
-        raise ValueError(f"{item_path}: file not found, but item features {list(item_features)} were requested")
+        raise DataError(f"{item_path}: file not found, but item features {list(item_features)} were requested")
 
     names = [f.name for f in features]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(
+        raise DataError(
             f"{root}: feature name(s) {dup} appear in both {inter_path.name} and {item_path.name}; "
             f"select one with interaction_features / item_features"
         )
@@ -458,7 +553,7 @@ def read_tfds_movielens(
 
     Raises:
         ImportError: ``tensorflow_datasets`` is not installed.
-        ValueError: ``name`` is not a MovieLens ratings dataset with the expected fields.
+        DataError: ``name`` is not a MovieLens ratings dataset with the expected fields.
     """
     try:
         import tensorflow as tf
@@ -472,7 +567,7 @@ def read_tfds_movielens(
     needed = ("user_id", "movie_id", "timestamp", "user_rating", "movie_genres")
     missing = [k for k in needed if k not in info.features]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"tfds dataset {name!r} lacks the field(s) {missing}; a movielens '*-ratings' dataset "
             f"is needed (fields: {sorted(info.features)})"
         )

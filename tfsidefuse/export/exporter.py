@@ -228,7 +228,7 @@ def export_model(
         raise ExportError(f"version {version} already exists in {base_dir}; versions are never overwritten")
 
     prepared = _resolve_prepared(run_dir, None if prepared_dir is None else os.fspath(prepared_dir))
-    model = load_trained(run_dir)
+    model = load_trained(run_dir, prepared)
     model.exclude_history = exclude_history
     try:
         graph = ServingGraph(model, prepared, k, item_popularity(prepared))

@@ -14,6 +14,16 @@ same way, then calls the trained :class:`~tfsidefuse.models.NextItemModel`:
 3. A row without any event gets the most popular training items (scores:
    training-event counts) instead of a model prediction, so that one empty
    request cannot fail the other requests it is batched with.
+
+A request the graph cannot serve fails with ``InvalidArgumentError`` whose
+message names the input and what it must be: an input of another rank than
+its signature's (``input `item_ids` must be a 2-D string tensor [batch, events],
+got shape [3]``), an interaction feature of another shape than ``item_ids``,
+a ``predict_examples`` record that is not a serialized ``tf.train.SequenceExample``
+(the message names the record, ``examples[i]``). Servers check neither ranks
+nor shapes against the signature, so these checks run in the graph, before
+anything uses the inputs. A wrong dtype never reaches the graph: TensorFlow
+rejects it by argument position.
 """
 
 from __future__ import annotations
@@ -36,6 +46,10 @@ PREDICT_EXAMPLES = "predict_examples"
 USER_EMBEDDING = "user_embedding"
 ITEM_EMBEDDINGS = "item_embeddings"
 SIGNATURES = (SERVING_DEFAULT, PREDICT_EXAMPLES, USER_EMBEDDING, ITEM_EMBEDDINGS)
+#: The dimensions of the inputs, as the messages of bad requests name them.
+RAW_LAYOUT = "[batch, events]"
+EXAMPLES_LAYOUT = "[batch] of serialized tf.train.SequenceExample records"
+ITEMS_LAYOUT = "[n] of raw item ids"
 
 
 def model_interaction_features(model, schema) -> list[FeatureSpec]:
@@ -48,6 +62,22 @@ def model_interaction_features(model, schema) -> list[FeatureSpec]:
     declared = getattr(model.backbone, "interaction_features", None) or ()
     names = [f["name"] if isinstance(f, dict) else getattr(f, "name", f) for f in declared]
     return [schema.feature(name) for name in names]
+
+
+def _shape_text(value: tf.Tensor) -> tf.Tensor:
+    """The run-time shape of `value` as text, e.g. ``[2, 7]``."""
+    dims = tf.strings.reduce_join(tf.strings.as_string(tf.shape(value)), separator=", ")
+    return tf.strings.join(["[", dims, "]"])
+
+
+def _run_time_rank(value: tf.Tensor) -> tf.Tensor:
+    """The rank of `value` as fed, even where its static shape claims one.
+
+    `tf.rank` (at trace time) and grappler's constant folding (at run time)
+    both replace a rank by the static one of the signature; the number of
+    entries of the shape vector is computed from its values, which neither knows.
+    """
+    return tf.reduce_sum(tf.cast(tf.greater_equal(tf.shape(value), 0), tf.int32))
 
 
 def _token_table(path: str, default: int = OOV_ID) -> tf.lookup.StaticHashTable:
@@ -151,26 +181,39 @@ class ServingGraph:
         return out
 
     @staticmethod
-    def checked(request: dict, signature: dict) -> dict:
-        """The request with its ranks checked at run time.
+    def checked(request: dict, signature: dict, layout: str) -> dict:
+        """The request with the rank of every input checked at run time, before anything uses it.
 
         Servers feed tensors without checking them against the signature's
-        shapes; `EnsureShape` rejects a wrong rank with InvalidArgument naming the input.
+        shapes. A wrong rank fails with InvalidArgument naming the input, its
+        expected rank and dtype, `layout` (the meaning of its dimensions) and the
+        shape it got; `EnsureShape` backs the check up.
         """
-        return {
-            name: tf.ensure_shape(request[name], spec.shape, name=f"check_input_{name}")
-            for name, spec in signature.items()
-        }
+        out = {}
+        for name, spec in signature.items():
+            value = request[name]
+            ok = tf.equal(_run_time_rank(value), spec.shape.rank)
+            message = tf.strings.join(
+                [
+                    f"input `{name}` must be a {spec.shape.rank}-D {spec.dtype.name} tensor {layout}, got shape ",
+                    _shape_text(value),
+                ]
+            )
+            check = tf.debugging.Assert(ok, [message], name=f"check_rank_{name}")
+            with tf.control_dependencies([check]):
+                value = tf.identity(value)
+            out[name] = tf.ensure_shape(value, spec.shape, name=f"check_input_{name}")
+        return out
 
     def recommend(self, request: dict) -> dict:
         """Top-`k` item ids (strings) and scores of raw requests."""
-        request = self.checked(request, self.raw_input_signature())
+        request = self.checked(request, self.raw_input_signature(), RAW_LAYOUT)
         ids, features = self.left_align(*self.encode_raw(request))
         return self._top_k(ids, features)
 
     def recommend_examples(self, request: dict) -> dict:
         """Top-`k` of serialized `SequenceExample` records (every event of a record is history)."""
-        request = self.checked(request, self.examples_input_signature())
+        request = self.checked(request, self.examples_input_signature(), EXAMPLES_LAYOUT)
         ids, features = self.left_align(*self.parse_examples(request[EXAMPLES]))
         return self._top_k(ids, features)
 
@@ -179,7 +222,7 @@ class ServingGraph:
 
         `embedding @ item_embeddings.T` are the model's logits. Empty requests get zeros.
         """
-        request = self.checked(request, self.raw_input_signature())
+        request = self.checked(request, self.raw_input_signature(), RAW_LAYOUT)
         ids, features = self.left_align(*self.encode_raw(request))
         hidden = self.model.backbone({ITEM_IDS: ids, **features}, training=False)[:, -1, :]
         hidden = tf.cast(hidden, tf.float32)
@@ -191,7 +234,7 @@ class ServingGraph:
 
         Unknown ids get the OOV row and `known` false.
         """
-        request = self.checked(request, self.item_input_signature())
+        request = self.checked(request, self.item_input_signature(), ITEMS_LAYOUT)
         ids = self.item_lookup.lookup(request[ITEM_IDS])
         table = tf.cast(self.model.backbone.item_table(), tf.float32)
         return {"embeddings": tf.gather(table, ids), "known": tf.greater_equal(ids, NUM_RESERVED_IDS)}
@@ -205,17 +248,28 @@ class ServingGraph:
         ids = tf.where(tf.equal(tokens, ""), tf.constant(PAD_ID, tf.int64), ids)
         features = {}
         for f in self.features:
-            value = request[f.name]
-            tf.debugging.assert_equal(
-                tf.shape(value),
-                tf.shape(tokens),
-                message=f"input `{f.name}` must have the same shape as `{ITEM_IDS}` (one value per event)",
-            )
+            value = self._same_shape(request[f.name], tokens, f"input `{f.name}`", f"`{ITEM_IDS}`")
             if f.kind == "bucketized":
                 features[f.name] = self._bucketize(value, f)
             else:
                 features[f.name] = tf.cast(self.feature_lookups[f.name].lookup(value), tf.int32)
         return tf.cast(ids, tf.int32), features
+
+    @staticmethod
+    def _same_shape(value: tf.Tensor, reference: tf.Tensor, what: str, reference_name: str) -> tf.Tensor:
+        """`value`, once checked (at run time) to have the shape of `reference`: one value per event."""
+        ok = tf.reduce_all(tf.equal(tf.shape(value), tf.shape(reference)))
+        message = tf.strings.join(
+            [
+                f"{what} must have the same shape as {reference_name} (one value per event): ",
+                _shape_text(reference),
+                ", got ",
+                _shape_text(value),
+            ]
+        )
+        check = tf.debugging.Assert(ok, [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(value)
 
     @staticmethod
     def _bucketize(values: tf.Tensor, spec: FeatureSpec) -> tf.Tensor:
@@ -231,13 +285,23 @@ class ServingGraph:
         spec = {ITEM_ID: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)}
         for f in self.features:
             spec[f.name] = tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
-        _, lists, lengths = tf.io.parse_sequence_example(serialized, sequence_features=spec)
+        # The parser names a record it cannot parse by its example name: its place, and what it must be.
+        places = tf.strings.join([f"{EXAMPLES}[", tf.strings.as_string(tf.range(tf.size(serialized))), "]"])
+        names = tf.strings.join([places, f" (`{EXAMPLES}` must hold serialized tf.train.SequenceExample records)"])
+        _, lists, lengths = tf.io.parse_sequence_example(serialized, sequence_features=spec, example_names=names)
+        checks = []
         for f in self.features:
-            tf.debugging.assert_equal(
-                lengths[f.name],
-                lengths[ITEM_ID],
-                message=f"feature list `{f.name}` must have one value per `{ITEM_ID}` in every record",
+            bad = tf.not_equal(lengths[f.name], lengths[ITEM_ID])
+            message = tf.strings.join(
+                [
+                    f"feature list `{f.name}` must have one value per `{ITEM_ID}` in every record; "
+                    "records that do not: ",
+                    tf.strings.reduce_join(tf.boolean_mask(places, bad), separator=", "),
+                ]
             )
+            checks.append(tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [message]))
+        with tf.control_dependencies(checks):
+            lists = {name: tf.identity(value) for name, value in lists.items()}
         ids = self._in_range(lists[ITEM_ID], self.num_items)
         features = {f.name: self._in_range(lists[f.name], f.vocab_size) for f in self.features}
         return ids, features

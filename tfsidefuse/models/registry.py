@@ -6,6 +6,7 @@ import inspect
 
 import keras
 
+from tfsidefuse.errors import ConfigError
 from tfsidefuse.models.asif.asif_backbone import ASIFBackbone
 from tfsidefuse.models.bert4rec.bert4rec_backbone import BERT4RecBackbone
 from tfsidefuse.models.comif.comif_backbone import COMIFBackbone
@@ -79,10 +80,10 @@ def _side_features(name: str, derived: tuple[str, ...], schema, selected: list[s
     available = [f for f in schema.features if f.level in levels]
     if selected is not None:
         if isinstance(selected, str) or not isinstance(selected, (list, tuple)):
-            raise ValueError(f"model {name!r}: `features` must be a list of feature names, got {selected!r}")
+            raise ConfigError(f"model {name!r}: `features` must be a list of feature names, got {selected!r}")
         unknown = [n for n in selected if n not in {f.name for f in available}]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"model {name!r}: unknown feature(s) {unknown} in `features`; available: {[f.name for f in available]}"
             )
         available = [f for f in available if f.name in set(selected)]
@@ -104,7 +105,7 @@ def _side_features(name: str, derived: tuple[str, ...], schema, selected: list[s
 def used_features(name: str, params: dict, schema) -> list[str]:
     """The names of the side features a model config reads from a dataset (empty for id-only models)."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
     derived = side_feature_params(BACKBONES[name])
     if not derived:
         return []
@@ -135,18 +136,18 @@ def build_backbone(name: str, params: dict, *, schema, item_feature_tables: dict
             features asked of a backbone that reads none, or a missing table.
     """
     if name not in BACKBONES:
-        raise ValueError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
     backbone_cls = BACKBONES[name]
     params = dict(params)
     derived = side_feature_params(backbone_cls)
     given = sorted(set(params) & set(SIDE_FEATURE_PARAMS))
     if given:
-        raise ValueError(
+        raise ConfigError(
             f"model {name!r}: {given} are derived from the dataset schema; select features with `features`"
         )
     if not derived:
         if FEATURES_PARAM in params:
-            raise ValueError(f"model {name!r} reads no side features; remove `features` from its params")
+            raise ConfigError(f"model {name!r} reads no side features; remove `features` from its params")
         return backbone_cls(num_items=schema.num_items, max_len=schema.max_len, **params)
 
     features = _side_features(name, derived, schema, params.pop(FEATURES_PARAM, None))
@@ -165,9 +166,9 @@ def build_backbone(name: str, params: dict, *, schema, item_feature_tables: dict
 
 def build_model(
     name: str,
-    params: dict,
+    params: dict | None = None,
     *,
-    schema,
+    schema=None,
     item_feature_tables: dict | None = None,
     train_on: str = "all_positions",
     exclude_history: bool = False,
@@ -183,6 +184,17 @@ def build_model(
     uses their last item). ``train_metrics`` also computes the ranking metrics
     on the training batches (see :class:`NextItemModel`).
     """
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"model {name!r}: params must be a dict of hyper-parameters, got {params!r}")
+    if schema is None:
+        raise ConfigError(
+            f"model {name!r}: build_model needs the dataset's schema (schema=prepared.schema): it sets the "
+            "item count, the sequence length and the side features"
+        )
     params, task_params = split_task_params(name, params)
     if is_cloze(name):
         backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)

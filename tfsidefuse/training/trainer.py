@@ -6,9 +6,11 @@ The same functions back the CLI, the notebooks and the benchmarks.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 
 import keras
@@ -16,18 +18,22 @@ import numpy as np
 import yaml
 
 from tfsidefuse.config import ConfigError, RunConfig
+from tfsidefuse.data import manifest as manifest_lib
 from tfsidefuse.data.ingest import encode
-from tfsidefuse.data.pipeline import make_dataset
-from tfsidefuse.data.prepared import PreparedDataset, write_prepared
+from tfsidefuse.data.pipeline import make_dataset, reading
+from tfsidefuse.data.prepared import SCHEMA_FILE, PreparedDataset, remove_stale_temp_dirs, write_prepared
+from tfsidefuse.errors import PreparedDataError, RunDirError
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
-from tfsidefuse.models.registry import build_model, is_cloze
+from tfsidefuse.models.registry import BACKBONES, build_model, is_cloze
 from tfsidefuse.training.callbacks import TrainingTimer, default_callbacks
 
 logger = logging.getLogger(__name__)
 
-PREPARE_FINGERPRINT = "prepare_config.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+#: What a finished or interrupted run leaves in its directory.
+RUN_FILES = (MODEL_FILE, METRICS_FILE, CONFIG_FILE, "history.csv", "logs", "backup", "checkpoint.keras")
 #: Variable names that weight decay leaves alone: biases and layer-norm scales and offsets.
 NOT_DECAYED = ("bias", "output_bias", "gamma", "beta")
 
@@ -50,29 +56,74 @@ def read_raw(dataset_config):
     raise ValueError(f"dataset.source {src!r} cannot be read as raw data")
 
 
+def raw_input_files(dataset_config) -> list[str] | None:
+    """The raw files a dataset config reads (whose hashes the manifest keeps), or None for generated data."""
+    src, path = dataset_config.source, dataset_config.path
+    if src == "s3rec":
+        return [os.path.join(path, "sequences.txt"), os.path.join(path, "item_attributes.json")]
+    if src == "recbole":
+        stem = dataset_config.name or os.path.basename(os.path.normpath(path))
+        return [
+            os.path.join(path, f"{stem}{ext}")
+            for ext in (".inter", ".item")
+            if ext == ".inter" or os.path.exists(os.path.join(path, f"{stem}{ext}"))
+        ]
+    return None  # demo data come from the config's parameters; tfds datasets are versioned by name
+
+
 def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
     """Writes the prepared dataset of a config, or reuses it if it is up to date.
 
-    A prepared directory records the dataset section it was made from; a run
-    with the same section reuses it, a different one fails unless ``overwrite``.
+    A prepared directory's manifest records the dataset section and the hashes of the raw files it was made
+    from. It is reused only when both are unchanged; otherwise the call fails (naming what changed) unless
+    ``overwrite``. Temporary directories of killed ``prepare`` runs are removed first.
+
+    Raises:
+        PreparedDataError: the directory holds another dataset, was made from other raw files, is damaged or
+            is not a prepared dataset.
     """
     ds_cfg = config.dataset
     target = ds_cfg.prepared_dir
     if ds_cfg.source == "prepared":
         return PreparedDataset.open(target)
-    fingerprint = dataclasses.asdict(ds_cfg)
-    stamp = os.path.join(target, PREPARE_FINGERPRINT)
-    if os.path.exists(stamp) and not overwrite:
-        with open(stamp) as fh:
-            if json.load(fh) == fingerprint:
-                logger.info("reusing prepared dataset %s", target)
-                return PreparedDataset.open(target)
-        raise FileExistsError(f"{target} was prepared from a different dataset config; pass --overwrite to replace it")
-    raw = read_raw(ds_cfg)
-    encoded = encode(raw, max_len=ds_cfg.max_len, k_core=ds_cfg.k_core, features=ds_cfg.features)
-    write_prepared(encoded, target, num_shards=ds_cfg.num_shards, overwrite=overwrite or os.path.exists(target))
-    with open(stamp, "w") as fh:
-        json.dump(fingerprint, fh, indent=2)
+    remove_stale_temp_dirs(target)
+    # Through JSON, as the manifest keeps it: tuples and lists compare equal.
+    dataset_config = json.loads(json.dumps(dataclasses.asdict(ds_cfg)))
+    paths = raw_input_files(ds_cfg)
+    raw = manifest_lib.raw_inputs(paths) if paths is not None else None
+    if os.path.exists(target) and not overwrite:
+        if not os.path.exists(os.path.join(target, SCHEMA_FILE)):
+            raise PreparedDataError(
+                f"dataset.prepared_dir {target!r} exists and is not a prepared dataset; choose another directory"
+            )
+        manifest = manifest_lib.read_manifest(target)
+        if manifest.get("dataset_config") != dataset_config:
+            previous = manifest.get("dataset_config") or {}
+            changed = sorted(k for k in set(previous) | set(dataset_config) if previous.get(k) != dataset_config.get(k))
+            raise PreparedDataError(
+                f"{target} was prepared from a different dataset config (changed: "
+                f"{['dataset.' + k for k in changed]}); pass --overwrite to replace it, or set another "
+                "dataset.prepared_dir"
+            )
+        if manifest.get("raw_inputs") != raw:
+            before = manifest.get("raw_inputs") or {}
+            changed = sorted(n for n in set(before) | set(raw or {}) if before.get(n) != (raw or {}).get(n))
+            raise PreparedDataError(
+                f"the raw files changed since {target} was prepared: {changed} in {ds_cfg.path!r}; "
+                "prepare again with --overwrite (runs trained on the old data then refuse to evaluate)"
+            )
+        logger.info("reusing prepared dataset %s", target)
+        return PreparedDataset.open(target)
+    raw_data = read_raw(ds_cfg)
+    encoded = encode(raw_data, max_len=ds_cfg.max_len, k_core=ds_cfg.k_core, features=ds_cfg.features)
+    write_prepared(
+        encoded,
+        target,
+        num_shards=ds_cfg.num_shards,
+        overwrite=overwrite or os.path.exists(target),
+        raw_inputs=raw,
+        dataset_config=dataset_config,
+    )
     return PreparedDataset.open(target)
 
 
@@ -145,27 +196,98 @@ class TrainResult:
         return {k: v for k, v in self.metrics.items() if isinstance(v, dict)}
 
 
-def _check_resumable(run_dir: str, config: RunConfig) -> None:
-    """Refuses to resume a killed run of another config (its backup would silently continue the old training)."""
-    backup = os.path.join(run_dir, "backup")
-    saved = os.path.join(run_dir, "config.yaml")
-    if not (os.path.isdir(backup) and os.path.isfile(saved)):
-        return
-    with open(saved) as fh:
-        previous = yaml.safe_load(fh) or {}
+def _config_text(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _changed_keys(previous: dict, current: dict) -> list[str]:
     # Through YAML, as the saved file went: tuples and lists compare equal.
-    current = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    changed = sorted(
+    current = yaml.safe_load(yaml.safe_dump(current, sort_keys=False))
+    return sorted(
         f"{section}.{key}"
         for section in set(previous) | set(current)
-        for key in set(previous.get(section, {})) | set(current.get(section, {}))
-        if previous.get(section, {}).get(key) != current.get(section, {}).get(key)
+        for key in set(previous.get(section) or {}) | set(current.get(section) or {})
+        if (previous.get(section) or {}).get(key) != (current.get(section) or {}).get(key)
     )
-    if changed:
+
+
+def _saved_config(run_dir: str) -> dict | None:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as fh:
+            saved = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise RunDirError(f"{path}: not valid YAML ({err}); the run directory is damaged") from None
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path}: expected a config mapping, got {type(saved).__name__}")
+    return saved
+
+
+def check_run_dir(run_dir: str, config: RunConfig, *, overwrite: bool = False) -> None:
+    """Refuses a run directory that holds another run, before anything is written to it.
+
+    - An interrupted run (``backup/``) of another config: its backup would silently continue the old training.
+    - A finished run of another config: its ``model.keras`` and ``metrics.json`` would be replaced by
+      another model's (allowed with ``overwrite``).
+    - A non-empty directory that is not a run directory (allowed with ``overwrite``).
+
+    The same config may train again in its own directory: an interrupted run resumes, a finished one is
+    replaced by the new training.
+
+    Raises:
+        ConfigError: an interrupted run of another config (even with ``overwrite``: remove its backup first).
+        RunDirError: a finished run of another config, or foreign files.
+    """
+    if not os.path.exists(run_dir):
+        return
+    if not os.path.isdir(run_dir):
+        raise RunDirError(f"training.run_dir {run_dir!r} is a file, not a directory")
+    saved = _saved_config(run_dir)
+    changed = _changed_keys(saved, config.to_dict()) if saved is not None else None
+    if os.path.isdir(os.path.join(run_dir, "backup")) and changed:
         raise ConfigError(
             f"training.run_dir {run_dir!r} holds an interrupted run of a different config (changed: {changed}); "
-            f"resume it with its own config, or remove {backup!r} / choose another run_dir"
+            f"resume it with its own config, or remove {os.path.join(run_dir, 'backup')!r} / choose another run_dir"
         )
+    if overwrite:
+        return
+    if saved is None:
+        foreign = sorted(n for n in os.listdir(run_dir) if not n.startswith("."))
+        if foreign:
+            raise RunDirError(
+                f"training.run_dir {run_dir!r} is not empty and holds no run ({foreign[:5]}); choose another "
+                "run_dir or pass --overwrite"
+            )
+        return
+    finished = os.path.exists(os.path.join(run_dir, MODEL_FILE)) or os.path.exists(os.path.join(run_dir, METRICS_FILE))
+    if changed and finished:
+        raise RunDirError(
+            f"training.run_dir {run_dir!r} holds a finished run of a different config (changed: {changed}); "
+            "choose another run_dir, or pass --overwrite to replace it"
+        )
+
+
+def _clear_run_dir(run_dir: str) -> None:
+    """Removes what an earlier run left (model, metrics, history, logs, backup) before another config trains."""
+    for name in RUN_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def _save_model(model: keras.Model, path: str) -> None:
+    """Saves a model so that ``path`` holds the old model or the new one, never a part."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def train(
@@ -174,49 +296,60 @@ def train(
     *,
     evaluate_test: bool = True,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Trains a model from a config; restores the best validation weights.
 
     ``callbacks`` are added to the config's own (early stopping, checkpoints,
     logs, timing) and run after them.
 
-    Writes ``model.keras``, ``config.yaml``, ``history.csv``, TensorBoard logs
-    and ``metrics.json`` (best validation and test metrics, epochs, timing) to
-    the run directory. A killed run resumes from its last finished epoch
-    when trained again with the same config; with another config it is an
-    error (its backup would continue the old training).
+    The config is validated, the dataset opened and the model built before
+    anything is written to the run directory. A directory that holds a
+    finished run of another config is refused unless ``overwrite`` (see
+    :func:`check_run_dir`). Writes ``model.keras``, ``config.yaml``,
+    ``history.csv``, TensorBoard logs and ``metrics.json`` (best validation and
+    test metrics, epochs, timing, the prepared dataset's fingerprint);
+    ``config.yaml``, ``model.keras`` and ``metrics.json`` are each replaced
+    atomically. A killed run resumes from its last finished epoch when trained
+    again with the same config; with another config it is an error (its backup
+    would continue the old training).
     """
-    prepared = prepared or prepare(config)
+    config.validate()
     t = config.training
     run_dir = t.run_dir
-    os.makedirs(run_dir, exist_ok=True)
-    _check_resumable(run_dir, config)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
-        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)
+    check_run_dir(run_dir, config, overwrite=overwrite)
+    prepared = prepared or prepare(config)
     keras.utils.set_random_seed(t.seed)
 
     train_ds, valid_ds = training_datasets(config, prepared)
     mode = "prefix" if t.objective == "prefix" else "all_positions"
     model = create_model(config, prepared)
     per_epoch = prepared.stats["train_targets" if mode == "prefix" else "train_sequences"]
+
+    # Everything is checked: from here on the run directory is written.
+    os.makedirs(run_dir, exist_ok=True)
+    saved = _saved_config(run_dir)
+    if overwrite and saved is not None and _changed_keys(saved, config.to_dict()):
+        _clear_run_dir(run_dir)
+    manifest_lib.atomic_write_text(os.path.join(run_dir, CONFIG_FILE), _config_text(config))
     callbacks = default_callbacks(t, examples_per_epoch=per_epoch) + list(callbacks or [])
 
     start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=valid_ds,
-        validation_freq=t.eval_every,
-        epochs=t.epochs,
-        steps_per_epoch=t.steps_per_epoch,
-        callbacks=callbacks,
-        verbose=t.verbose,
-        shuffle=False,  # the tf.data pipeline shuffles (seeded)
-    )
+    with reading(prepared):
+        history = model.fit(
+            train_ds,
+            validation_data=valid_ds,
+            validation_freq=t.eval_every,
+            epochs=t.epochs,
+            steps_per_epoch=t.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=t.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded)
+        )
     wall = time.perf_counter() - start
     timing = next(c for c in callbacks if isinstance(c, TrainingTimer))
     early = next(c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping))
 
-    model.save(os.path.join(run_dir, MODEL_FILE))
     metrics: dict = {
         "model": config.model.name,
         "dataset": prepared.schema.name,
@@ -233,23 +366,82 @@ def train(
     }
     if evaluate_test:
         metrics["test"] = evaluate_model(model, prepared, "test", batch_size=t.eval_batch_size)
-    with open(os.path.join(run_dir, METRICS_FILE), "w") as fh:
-        json.dump(metrics, fh, indent=2)
+    # What the model was trained on and with: `evaluate` and `export` check both before they use the model.
+    metrics["dataset_fingerprint"] = prepared.fingerprint
+    metrics["config_sha256"] = hashlib.sha256(_config_text(config).encode()).hexdigest()
+    # The model first, then the metrics that describe it: a run killed in between has no metrics.json, and
+    # `evaluate` / `export` never pair a new model with old metrics or an old config.
+    if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
+        os.remove(os.path.join(run_dir, METRICS_FILE))
+    _save_model(model, os.path.join(run_dir, MODEL_FILE))
+    manifest_lib.atomic_write_text(os.path.join(run_dir, METRICS_FILE), json.dumps(metrics, indent=2))
     return TrainResult(model=model, history=dict(history.history), metrics=metrics)
 
 
-def load_trained(run_dir: str) -> keras.Model:
-    """Loads the model a run saved."""
+def load_trained(run_dir: str, prepared: PreparedDataset | None = None) -> keras.Model:
+    """Loads the model a run saved, after checking that the run directory describes it.
+
+    Checks, where the run recorded them: that ``config.yaml`` is the config the model was trained with (its
+    hash in ``metrics.json``), that the model is the config's model, and that ``prepared`` is the dataset it
+    was trained on (its fingerprint).
+
+    Raises:
+        FileNotFoundError: there is no model.
+        RunDirError: the run's files do not belong together, or the dataset differs.
+    """
     path = os.path.join(run_dir, MODEL_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no trained model in {run_dir} (expected {MODEL_FILE}); run `tfsidefuse train` first")
-    return keras.models.load_model(path)
+    metrics = {}
+    metrics_path = os.path.join(run_dir, METRICS_FILE)
+    if os.path.exists(metrics_path):
+        try:
+            with open(metrics_path) as fh:
+                metrics = json.load(fh)
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{metrics_path}: unreadable ({err}); the run directory is damaged") from None
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    recorded = metrics.get("config_sha256")
+    if recorded and os.path.exists(config_path):
+        with open(config_path, "rb") as fh:
+            if hashlib.sha256(fh.read()).hexdigest() != recorded:
+                raise RunDirError(
+                    f"{config_path} is not the config {path} was trained with (it changed after training); "
+                    "train again, or restore the run's config.yaml"
+                )
+    if prepared is not None and metrics.get("dataset_fingerprint") and prepared.fingerprint:
+        if metrics["dataset_fingerprint"] != prepared.fingerprint:
+            raise RunDirError(
+                f"{path} was trained on another version of the prepared dataset {prepared.directory} "
+                f"(fingerprint {metrics['dataset_fingerprint'][:12]}…, now {prepared.fingerprint[:12]}…): "
+                "it was prepared again since; train the model again"
+            )
+    model = keras.models.load_model(path)
+    saved = _saved_config(run_dir)
+    name = (saved or {}).get("model", {}).get("name") if isinstance((saved or {}).get("model"), dict) else None
+    expected = BACKBONES.get(name) if name else None
+    backbone = getattr(model, "backbone", None)
+    if expected is not None and backbone is not None and type(backbone) is not expected:
+        raise RunDirError(
+            f"{path} holds a {type(backbone).__name__} model but {config_path} describes model {name!r}; "
+            "the run directory mixes two runs"
+        )
+    return model
 
 
 def evaluate(config: RunConfig, split: str = "test", *, with_baseline: bool = True) -> dict[str, dict[str, float]]:
     """Evaluates the trained model of a config's run directory (and the most-popular baseline)."""
     prepared = PreparedDataset.open(config.dataset.prepared_dir)
-    model = load_trained(config.training.run_dir)
+    run_dir = config.training.run_dir
+    saved = _saved_config(run_dir)
+    if saved is not None:
+        changed = [k for k in _changed_keys(saved, config.to_dict()) if k.split(".")[0] == "model"]
+        if changed:
+            raise RunDirError(
+                f"training.run_dir {run_dir!r} holds a run of another model config (changed: {changed}); "
+                "evaluate it with its own config.yaml"
+            )
+    model = load_trained(run_dir, prepared)
     rows = {
         f"{config.model.name} ({split})": evaluate_model(
             model, prepared, split, batch_size=config.training.eval_batch_size
