@@ -324,17 +324,25 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path!r}")
-    with open(path) as fh:
+    with open(path, "rb") as fh:
         try:
             data = yaml.safe_load(fh)
         except yaml.YAMLError as err:
             raise ConfigError(f"config {path!r} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config {path!r} must be a mapping with dataset/model/training sections, got {type(data).__name__} "
+            f"{data!r:.80}"
+        )
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
-        if not key or not isinstance(data, dict) or not isinstance(data.get(section, {}), dict):
+        if not key or not isinstance(data.get(section, {}), dict):
             raise ConfigError(f"override {dotted!r}: expected section.key")
         data.setdefault(section, {})[key] = value
-    return RunConfig.from_dict(data, source_path=path)
+    try:
+        return RunConfig.from_dict(data, source_path=path)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -152,8 +152,10 @@ def read_manifest(directory: str) -> dict:
 def check_prepared(directory: str, manifest: dict | None = None, *, hashes: bool = False) -> dict:
     """Checks a prepared directory against its manifest; returns the manifest.
 
-    Always (cheap): every listed file exists with its listed size, and no split holds a shard the manifest
-    does not list. With ``hashes``: also every file's SHA-256 and every shard's record count.
+    Always (cheap): every listed file exists with its listed size, the small files (schema, vocabularies,
+    item features, statistics) have their listed SHA-256, and no split holds a shard the manifest does not
+    list. With ``hashes``: also every shard's SHA-256 and record count. A shard damaged in place without a
+    change of size is found when it is read (:func:`tfsidefuse.data.pipeline.reading`).
 
     Raises:
         PreparedDataError: naming the first file that differs and how.
@@ -171,7 +173,7 @@ def check_prepared(directory: str, manifest: dict | None = None, *, hashes: bool
         if size != entry["size"]:
             problems.append(f"{rel}: {size} bytes, the manifest lists {entry['size']}")
             continue
-        if not hashes:
+        if not hashes and rel.endswith(TFRECORD_SUFFIX):
             continue
         try:
             digest = file_sha256(path)

@@ -33,6 +33,7 @@ import zipfile
 
 import numpy as np
 import tensorflow as tf
+import yaml
 
 from tfsidefuse.data import manifest as manifest_lib
 from tfsidefuse.data.ingest import SPLITS, EncodedDataset, split_end
@@ -100,7 +101,9 @@ def _temp_prefix(directory: str, kind: str) -> str:
 def remove_stale_temp_dirs(directory: str) -> list[str]:
     """Removes the temporary directories that killed writers of ``directory`` left beside it.
 
-    A writer's temporary directory carries its process id; those whose process is gone are removed.
+    A writer's temporary directory carries its process id; those whose process is gone are removed. A writer
+    killed between moving the old dataset aside and moving the new one in left no dataset at all: the old one
+    is moved back.
 
     Returns:
         The removed paths.
@@ -109,13 +112,20 @@ def remove_stale_temp_dirs(directory: str) -> list[str]:
     if not os.path.isdir(parent):
         return []
     removed = []
-    for name in os.listdir(parent):
+    target = os.path.abspath(directory)
+    for name in sorted(os.listdir(parent)):
         for kind in ("tmp", "old"):
             prefix = _temp_prefix(directory, kind)
             pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
-            if pid.isdigit() and not _process_alive(int(pid)):
-                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-                removed.append(os.path.join(parent, name))
+            if not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            path = os.path.join(parent, name)
+            old = os.path.join(path, "old")
+            if kind == "old" and os.path.isdir(old) and not os.path.exists(target):
+                # Killed between moving the old dataset aside and moving the new one in: put the old one back.
+                os.rename(old, target)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -232,7 +242,7 @@ class PreparedDataset:
                 tables = {name: npz[name] for name in npz.files}
             with open(os.path.join(directory, STATS_FILE)) as fh:
                 stats = json.load(fh)
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, yaml.YAMLError, zipfile.BadZipFile) as err:
             # The sizes matched, so the bytes changed in place: the hashes name the file.
             manifest_lib.check_prepared(directory, manifest, hashes=True)
             raise PreparedDataError(f"prepared dataset {directory} cannot be read: {err}") from err

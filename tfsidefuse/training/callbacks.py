@@ -76,6 +76,10 @@ class TrainingTimer(keras.callbacks.Callback):
         self._stop()
 
 
+#: The CSV log of the epochs of a run in progress (``history.csv`` once the run has finished).
+HISTORY_PARTIAL_FILE = "history.partial.csv"
+
+
 def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[keras.callbacks.Callback]:
     """Early stopping on the validation metric with best-weight restore, the
     optional learning-rate reduction on the same metric or cosine schedule, ``BackupAndRestore``
@@ -124,5 +128,7 @@ def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[kera
             verbose=1,
         ),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resuming),
+        # The epochs of a run in progress; `train` renames the file to history.csv once the model is saved, so a
+        # failed or killed re-run leaves the finished run's history as it was (a resumed run appends to it).
+        keras.callbacks.CSVLogger(os.path.join(run_dir, HISTORY_PARTIAL_FILE), append=resuming),
     ]

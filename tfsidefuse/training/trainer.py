@@ -25,15 +25,16 @@ from tfsidefuse.data.prepared import SCHEMA_FILE, PreparedDataset, remove_stale_
 from tfsidefuse.errors import PreparedDataError, RunDirError
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
 from tfsidefuse.models.registry import BACKBONES, build_model, is_cloze
-from tfsidefuse.training.callbacks import TrainingTimer, default_callbacks
+from tfsidefuse.training.callbacks import HISTORY_PARTIAL_FILE, TrainingTimer, default_callbacks
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "history.csv"
 #: What a finished or interrupted run leaves in its directory.
-RUN_FILES = (MODEL_FILE, METRICS_FILE, CONFIG_FILE, "history.csv", "logs", "backup", "checkpoint.keras")
+RUN_FILES = (MODEL_FILE, METRICS_FILE, CONFIG_FILE, HISTORY_FILE, HISTORY_PARTIAL_FILE, "logs", "backup")
 #: Variable names that weight decay leaves alone: biases and layer-norm scales and offsets.
 NOT_DECAYED = ("bias", "output_bias", "gamma", "beta")
 
@@ -374,6 +375,8 @@ def train(
     if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
         os.remove(os.path.join(run_dir, METRICS_FILE))
     _save_model(model, os.path.join(run_dir, MODEL_FILE))
+    if os.path.exists(os.path.join(run_dir, HISTORY_PARTIAL_FILE)):
+        os.replace(os.path.join(run_dir, HISTORY_PARTIAL_FILE), os.path.join(run_dir, HISTORY_FILE))
     manifest_lib.atomic_write_text(os.path.join(run_dir, METRICS_FILE), json.dumps(metrics, indent=2))
     return TrainResult(model=model, history=dict(history.history), metrics=metrics)
 
