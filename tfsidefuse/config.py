@@ -19,7 +19,7 @@ import yaml
 from tfsidefuse.errors import ConfigError  # noqa: F401  (re-exported: ``from tfsidefuse.config import ConfigError``)
 
 SOURCES = ("demo", "s3rec", "recbole", "tfds", "prepared")
-OBJECTIVES = ("all_positions", "prefix")
+OBJECTIVES = ("all_positions", "all_targets", "prefix")
 LR_SCHEDULES = ("constant", "cosine")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 
@@ -157,7 +157,11 @@ class TrainingConfig:
             a decay over the whole epoch budget (``training.epochs``) for runs
             with a fixed time; not combined with ``reduce_lr_factor``.
         objective: ``all_positions`` (one example per user, loss at every
-            position) or ``prefix`` (every prefix an example, loss at its end).
+            position of its most recent ``max_len`` events), ``all_targets``
+            (as ``all_positions``, with a sequence longer than ``max_len``
+            tiled into windows of ``max_len``, so that every target is trained
+            on, as with ``prefix``) or ``prefix`` (every prefix an example,
+            loss at its end).
         eval_every: validate every this many epochs.
         monitor: validation metric for early stopping and model selection.
         patience: validations without improvement before stopping.

@@ -8,6 +8,7 @@ from tfsidefuse.data.ingest import encode
 from tfsidefuse.data.manifest import write_manifest
 from tfsidefuse.data.pipeline import (
     bucket_batch_sizes,
+    count_batches,
     count_examples,
     length_buckets,
     make_dataset,
@@ -288,3 +289,50 @@ def test_cached_evaluation_batches_run_without_autotuning(varied):
     assert first == second == _examples(make_dataset(varied, "valid", batch_size=4, bucket_boundaries="auto"))
     # Training pipelines keep it: their parse and batching stages run every epoch.
     assert make_dataset(varied, "train", batch_size=4).options().autotune.enabled is not False
+
+
+def test_all_targets_tiles_long_sequences_into_windows_by_hand(tmp_path):
+    """One user of 10 events, training record of 8 (7 targets), windows of 3: targets 5-7, 2-4 and 1."""
+    import pandas as pd
+
+    from tfsidefuse.data.raw_dataset import RawDataset
+
+    frame = pd.DataFrame({"user": ["u"] * 10, "item": [f"i{t}" for t in range(10)], "time": range(10)})
+    prepared = PreparedDataset.open(write_prepared(encode(RawDataset("one", frame), max_len=3), tmp_path / "one"))
+    ids = {token: i for i, token in enumerate(prepared.vocabulary("item_id"))}
+    e = [ids[f"i{t}"] for t in range(10)]
+    got = batches(make_dataset(prepared, "train", mode="all_targets", batch_size=8, shuffle=False))
+    rows = sorted((tuple(x), tuple(y)) for batch, labels in got for x, y in zip(batch["item_ids"], labels))
+    assert rows == sorted(
+        [
+            ((e[4], e[5], e[6]), (e[5], e[6], e[7])),
+            ((e[1], e[2], e[3]), (e[2], e[3], e[4])),
+            ((0, 0, e[0]), (0, 0, e[1])),
+        ]
+    )
+    # The last window is the one `all_positions` trains on; the others are what it leaves out.
+    ((x, y),) = batches(make_dataset(prepared, "train", mode="all_positions", batch_size=8, shuffle=False))
+    assert (tuple(x["item_ids"][0]), tuple(y[0])) == ((e[4], e[5], e[6]), (e[5], e[6], e[7]))
+
+
+@pytest.mark.parametrize("max_len", [3, 5, 8])
+def test_all_targets_trains_on_every_prefix_target_once(varied, max_len):
+    """The targets of one `all_targets` epoch are exactly the prefix objective's, counted with multiplicity."""
+
+    def targets(mode):
+        ds = make_dataset(varied, "train", mode=mode, batch_size=7, max_len=max_len, shuffle=True, seed=1)
+        out = []
+        for _, y in ds:
+            y = y.numpy()
+            out.extend(int(v) for v in y.ravel() if v)
+        return sorted(out), int(ds.cardinality())
+
+    windows, declared = targets("all_targets")
+    prefixes, _ = targets("prefix")
+    last_only, _ = targets("all_positions")
+    assert windows == prefixes
+    assert len(last_only) < len(windows)  # sequences longer than max_len + 1 exist in the fixture
+    assert declared == count_batches(varied, "train", "all_targets", 7, max_len)
+    assert count_examples(varied, "train", "all_targets", max_len) == sum(
+        -(-(n - 3) // max_len) for n in (3 + u % 18 for u in range(40)) if n - 3 >= 1
+    )

@@ -11,6 +11,11 @@ batch (or ``max_len`` with ``pad_to_max_len``). Three example modes:
 * ``"all_positions"`` (training default): one example per user; the input is
   the training sequence without its last event and ``labels[t]`` is the event
   after position ``t`` (int32 ``[batch, T]``, 0 where there is no target).
+* ``"all_targets"``: as ``"all_positions"``, but a training sequence with more
+  than ``max_len`` targets is cut into windows of ``max_len`` tiled from its
+  end (the oldest window holds the remainder), each an example: every target
+  is trained on once per epoch, as with ``"prefix"``, instead of only the last
+  ``max_len``.
 * ``"prefix"``: every prefix of the training sequence is an example with its
   next event as the label (int32 ``[batch]``), as in the papers' RecBole runs.
 * ``"eval"``: one example per user; the input is the whole history before the
@@ -29,7 +34,9 @@ from tfsidefuse.data.prepared import ITEM_ID, USER_ID, PreparedDataset
 from tfsidefuse.data.schema import DatasetSchema
 from tfsidefuse.errors import PreparedDataError
 
-MODES = ("all_positions", "prefix", "eval")
+MODES = ("all_positions", "all_targets", "prefix", "eval")
+#: Modes with a label at every position (the loss at every position).
+POSITION_MODES = ("all_positions", "all_targets")
 #: Model input key of the item-id sequence.
 ITEM_IDS = "item_ids"
 
@@ -139,6 +146,12 @@ def _example_lengths(prepared: PreparedDataset, split: str, mode: str, max_len: 
         if mode == "prefix":
             for t in range(1, length):
                 lengths[min(t, max_len)] = lengths.get(min(t, max_len), 0) + users
+        elif mode == "all_targets" and length >= 2:
+            full, rest = divmod(length - 1, max_len)
+            if full:
+                lengths[max_len] = lengths.get(max_len, 0) + full * users
+            if rest:
+                lengths[rest] = lengths.get(rest, 0) + users
         elif length >= 2:
             lengths[min(length - 1, max_len)] = lengths.get(min(length - 1, max_len), 0) + users
     return lengths
@@ -160,7 +173,7 @@ def bucket_batch_sizes(
 ) -> list[int]:
     """Examples per batch in each length bucket (one more bucket than bounds, for tf.data's open last bucket).
 
-    With the loss at every position (``all_positions``), a batch's loss is the
+    With the loss at every position (``all_positions``, ``all_targets``), a batch's loss is the
     mean over its real slots, so equal-sized batches of short sequences would
     weigh each of their slots more than batches of long ones. Batches are
     therefore sized to hold about as many slots as a random batch of
@@ -169,7 +182,7 @@ def bucket_batch_sizes(
     ``batch_size`` (as does a dataset without length statistics).
     """
     sizes = [batch_size] * (len(bucket_boundaries) + 1)
-    lengths = _example_lengths(prepared, split, mode, max_len) if mode == "all_positions" else None
+    lengths = _example_lengths(prepared, split, mode, max_len) if mode in POSITION_MODES else None
     if not lengths:
         return sizes
     slots: dict[int, int] = {}
@@ -238,7 +251,7 @@ def make_dataset(
     Args:
         prepared: a :class:`PreparedDataset` or its directory.
         split: ``"train"``, ``"valid"`` or ``"test"``.
-        mode: ``"all_positions"``, ``"prefix"`` or ``"eval"``; default
+        mode: ``"all_positions"``, ``"all_targets"``, ``"prefix"`` or ``"eval"``; default
             ``"all_positions"`` for train and ``"eval"`` otherwise.
         batch_size: examples per batch.
         max_len: events kept per example (the most recent); default the schema's.
@@ -339,6 +352,15 @@ def make_dataset(
         n = tf.shape(rec[ITEM_ID])[0]
         return _window(seqs, 0, n - 1, max_len), rec[ITEM_ID][n - 1]
 
+    def to_windows(rec):
+        # Windows of max_len targets tiled from the end: window j ends at target n - 1 - j * max_len.
+        n = tf.shape(rec[ITEM_ID])[0]
+        count = (n - 1 + max_len - 1) // max_len
+        ends = n - 1 - tf.range(count) * max_len
+        positions = tf.ragged.range(tf.maximum(0, ends - max_len), ends)
+        inputs = {(ITEM_IDS if k == ITEM_ID else k): tf.gather(rec[k], positions) for k in keep}
+        return tf.data.Dataset.from_tensor_slices((inputs, tf.gather(rec[ITEM_ID], positions + 1)))
+
     def to_prefixes(rec):
         # All prefixes of a record at once: row t - 1 holds the window of events before target t.
         n = tf.shape(rec[ITEM_ID])[0]
@@ -351,6 +373,11 @@ def make_dataset(
     if mode == "all_positions":
         ds = ds.filter(lambda rec: tf.shape(rec[ITEM_ID])[0] >= 2)
         ds = ds.map(to_all_positions, num_parallel_calls=tf.data.AUTOTUNE)
+    elif mode == "all_targets":
+        ds = ds.filter(lambda rec: tf.shape(rec[ITEM_ID])[0] >= 2)
+        ds = ds.flat_map(to_windows)
+        if shuffle:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     elif mode == "prefix":
         ds = ds.flat_map(to_prefixes)
         if shuffle:

@@ -20,7 +20,7 @@ import yaml
 from tfsidefuse.config import ConfigError, RunConfig
 from tfsidefuse.data import manifest as manifest_lib
 from tfsidefuse.data.ingest import encode
-from tfsidefuse.data.pipeline import make_dataset, reading
+from tfsidefuse.data.pipeline import count_examples, make_dataset, reading
 from tfsidefuse.data.prepared import SCHEMA_FILE, PreparedDataset, remove_stale_temp_dirs, write_prepared
 from tfsidefuse.errors import PreparedDataError, RunDirError
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
@@ -141,7 +141,7 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
             dict(config.model.params),
             schema=prepared.schema,
             item_feature_tables=prepared.item_feature_tables,
-            train_on="last_position" if t.objective == "prefix" else "all_positions",
+            train_on="last_position" if t.objective == "prefix" else "all_positions",  # all_targets: per position
             exclude_history=t.exclude_history,
             train_metrics=t.train_metrics,
         )
@@ -175,7 +175,7 @@ def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Opti
 def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
     """The training and validation ``tf.data`` pipelines of a config (objective, buckets, XLA padding)."""
     t = config.training
-    mode = "prefix" if t.objective == "prefix" else "all_positions"
+    mode = t.objective
     # XLA compiles one program per shape: with it, batches are padded to their bucket bound.
     common = {"cache": t.cache, "bucket_boundaries": t.length_buckets, "pad_to_max_len": t.jit_compile}
     train_ds = make_dataset(
@@ -323,9 +323,8 @@ def train(
     keras.utils.set_random_seed(t.seed)
 
     train_ds, valid_ds = training_datasets(config, prepared)
-    mode = "prefix" if t.objective == "prefix" else "all_positions"
     model = create_model(config, prepared)
-    per_epoch = prepared.stats["train_targets" if mode == "prefix" else "train_sequences"]
+    per_epoch = count_examples(prepared, "train", t.objective, prepared.schema.max_len)
 
     # Everything is checked: from here on the run directory is written.
     os.makedirs(run_dir, exist_ok=True)
