@@ -124,8 +124,9 @@ def test_cli(demo_runs, tmp_path, capsys):
         saved = json.load(fh)
     assert saved["settings"]["split"] == "valid" and len(saved["datasets"]["demo"]["attention_examples"]) == 1
     assert len(saved["runs"]["sasrec"]["buckets"]["length"]) <= 2
-    with pytest.raises(SystemExit, match="--rank-examples must be >= 1, got 0"):
-        run_analyze(parser.parse_args(["analyze", "--run", "x", "--out", "y", "--rank-examples", "0"]))
+    # A bad value is a user error: one message and exit code 2, as every command.
+    assert run_analyze(parser.parse_args(["analyze", "--run", "x", "--out", "y", "--rank-examples", "0"])) == 2
+    assert "tfsidefuse analyze: error: --rank-examples must be >= 1, got 0" in capsys.readouterr().err
     assert run_analyze(parser.parse_args(["analyze", "--run", str(tmp_path), "--out", str(out)])) == 2
     assert "tfsidefuse analyze: error: no config.yaml in" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from faults import cli, snapshot, unchanged, write_config
+from faults import SHARD, cli, random_bytes, snapshot, unchanged, write_config
 
 from tfsidefuse.data.prepared import PreparedDataset
 
@@ -136,6 +136,15 @@ def test_export_to_a_base_that_is_a_file_or_of_a_run_without_model(workspace, ca
     os.makedirs("empty-run")
     code, err = cli(capsys, "export", "--run", "empty-run", "--base", "out")
     assert code == 2 and "empty-run" in err, err
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_export_from_a_damaged_dataset_is_refused_and_writes_no_version(workspace, capsys, split):
+    """Export reads the training split (popularity) and the validation split (warm-up requests)."""
+    random_bytes(os.path.join("data", split, SHARD))
+    code, err = cli(capsys, "export", "--run", "run", "--base", "models")
+    assert code == 2 and f"{split}/{SHARD}" in err and "Traceback" not in err, err
+    assert not os.path.isdir("models") or [n for n in os.listdir("models") if not n.startswith(".")] == []
 
 
 def test_load_model_after_one_import_in_a_fresh_process(workspace):

@@ -36,7 +36,11 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     for name in ("examples", "rank_examples", "buckets", "k"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            print(
+                f"tfsidefuse analyze: error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}",
+                file=sys.stderr,
+            )
+            return 2
     try:
         report = analyze_runs(
             args.run,

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset
+from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset, reading
 from tfsidefuse.data.prepared import PreparedDataset
 
 
@@ -59,10 +59,11 @@ def load_examples(prepared: PreparedDataset | str, split: str = "test", batch_si
     ds = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False, pad_to_max_len=True)
     inputs: dict[str, list] = {}
     labels = []
-    for x, y in ds:
-        for k, v in x.items():
-            inputs.setdefault(k, []).append(v.numpy())
-        labels.append(y.numpy())
+    with reading(prepared):
+        for x, y in ds:
+            for k, v in x.items():
+                inputs.setdefault(k, []).append(v.numpy())
+            labels.append(y.numpy())
     if not labels:
         raise ValueError(f"split {split!r} of {prepared.directory} has no evaluation examples")
     return EvalExamples({k: np.concatenate(v) for k, v in inputs.items()}, np.concatenate(labels).astype(np.int32))

@@ -83,9 +83,10 @@ def load_run(run_dir: str, prepared_dir: str | None = None) -> LoadedRun:
     if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
         with open(os.path.join(run_dir, METRICS_FILE)) as fh:
             metrics = json.load(fh)
-    model = load_trained(run_dir)
+    prepared = PreparedDataset.open(prepared_dir)
+    model = load_trained(run_dir, prepared)
     label = (config.get("model") or {}).get("name") or os.path.basename(os.path.normpath(run_dir))
-    return LoadedRun(run_dir, label, model, PreparedDataset.open(prepared_dir), config, metrics)
+    return LoadedRun(run_dir, label, model, prepared, config, metrics)
 
 
 def _unique_labels(runs: list[LoadedRun]) -> None:

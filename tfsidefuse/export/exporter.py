@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsidefuse.config import load_config
-from tfsidefuse.data.pipeline import parse_sequence_examples
+from tfsidefuse.data.pipeline import parse_sequence_examples, reading
 from tfsidefuse.data.prepared import ITEM_ID, PreparedDataset
 from tfsidefuse.data.schema import OOV_ID, PAD_ID
 from tfsidefuse.errors import UserError
@@ -260,7 +260,10 @@ def export_model(
         extra = os.path.join(tmp, ASSETS_EXTRA)
         os.makedirs(extra)
         name = model_name or os.path.basename(base_dir.rstrip(os.sep)) or "model"
-        written = write_warmup_file(os.path.join(extra, WARMUP_FILE), name, warmup_requests(graph, prepared, warmup))
+        with reading(prepared):  # the warm-up requests come from the validation split
+            written = write_warmup_file(
+                os.path.join(extra, WARMUP_FILE), name, warmup_requests(graph, prepared, warmup)
+            )
         if graph.scores_by_dot_product():
             _write_item_embeddings(os.path.join(extra, ITEM_EMBEDDINGS_FILE), model, prepared.vocabulary(ITEM_ID))
         info = {
