@@ -170,3 +170,14 @@ def test_train_metrics_count_what_was_read(workspace, capsys):
     prepared = PreparedDataset.open("data")
     assert metrics["train_sequences"] == prepared.split_records("train") == prepared.stats["train_sequences"]
     assert metrics["dataset_fingerprint"] == prepared.fingerprint
+
+
+def test_temporary_files_of_a_killed_save_are_removed_by_the_next_run(workspace, capsys):
+    leftovers = ["run/.model.keras.tmp-999999999.keras", "run/.metrics.json.tmp-999999999-x1"]
+    for path in leftovers:
+        with open(path, "w") as fh:
+            fh.write("partial")
+    mine = f"run/.config.yaml.tmp-{os.getpid()}-x2"  # a live writer's file stays
+    open(mine, "w").close()
+    assert cli(capsys, "train", "--config", "config.yaml")[0] == 0
+    assert not any(os.path.exists(p) for p in leftovers) and os.path.exists(mine)

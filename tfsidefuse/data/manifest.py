@@ -205,7 +205,7 @@ def check_prepared(directory: str, manifest: dict | None = None, *, hashes: bool
 def atomic_write_text(path: str, text: str) -> None:
     """Writes a text file so that readers see the old content or the new one, never a part."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-", dir=directory)
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
@@ -216,3 +216,35 @@ def atomic_write_text(path: str, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Removes the temporary files (``.<name>.tmp-<pid>-...``) that killed writers left in a directory.
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        head, sep, rest = name.partition(".tmp-")
+        pid = rest.split("-", 1)[0].split(".", 1)[0]
+        if not (name.startswith(".") and sep and pid.isdigit()) or process_alive(int(pid)):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -117,7 +117,7 @@ def remove_stale_temp_dirs(directory: str) -> list[str]:
         for kind in ("tmp", "old"):
             prefix = _temp_prefix(directory, kind)
             pid = name[len(prefix) :].split("-", 1)[0] if name.startswith(prefix) else ""
-            if not pid.isdigit() or _process_alive(int(pid)):
+            if not pid.isdigit() or manifest_lib.process_alive(int(pid)):
                 continue
             path = os.path.join(parent, name)
             old = os.path.join(path, "old")
@@ -127,16 +127,6 @@ def remove_stale_temp_dirs(directory: str) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_prepared(

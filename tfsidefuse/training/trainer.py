@@ -328,6 +328,7 @@ def train(
 
     # Everything is checked: from here on the run directory is written.
     os.makedirs(run_dir, exist_ok=True)
+    manifest_lib.remove_stale_temp_files(run_dir)  # of a run killed while it saved
     saved = _saved_config(run_dir)
     if overwrite and saved is not None and _changed_keys(saved, config.to_dict()):
         _clear_run_dir(run_dir)
