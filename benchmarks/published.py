@@ -1,8 +1,8 @@
 """Published test numbers (full ranking, leave-one-out) that the benchmarks compare against.
 
 Keys: (dataset, model) -> {source: {metric: value}}, metrics hr@10, hr@20, ndcg@10, ndcg@20 (HR = Recall with one
-target). Sources: DIF-SR Table 2, COMIF Table 3 (d = 128; COMIF with position + brand), ASIF Table 2, as collected
-in the project's model specification (MODELS.md §10.3-10.5, §10.7).
+target). Sources: DIF-SR Table 2, COMIF Table 3 (d = 128; COMIF with position + brand), ASIF Table 2, as listed
+in docs/models.md#published.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Usage (from the project root; prepares the dataset if needed):
 After every validation the test split is evaluated too (its time is left out of the reported wall time: it is the
 benchmark's bookkeeping, not training), and the first wall time at which test HR@20 (= Recall@20 with one target)
 reaches the target is printed, with the early-stopped model's final test metrics. DIF-SR's published Beauty quality
-is test Recall@20 0.1284 (MODELS.md section 10). Run nothing else on the machine meanwhile.
+is test Recall@20 0.1284 (docs/models.md#published). Run nothing else on the machine meanwhile.
 """
 
 from __future__ import annotations

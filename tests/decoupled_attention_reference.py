@@ -1,4 +1,4 @@
-"""Plain-numpy reference of `DecoupledAttention` (MODELS.md section 6.4), shared by the layer and DIF-SR tests."""
+"""Plain-numpy reference of `DecoupledAttention` (docs/models.md#difsr), shared by the layer and DIF-SR tests."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def np_decoupled_attention(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`(output, probabilities)` of a `DecoupledAttention` at inference, from its weights.
 
-    MODELS.md section 6.4, written per window on RecBole's right-padded layout.
+    docs/models.md#difsr, written per window on RecBole's right-padded layout.
 
     The real keys of each window are moved to the front (position `q` = the
     `q`-th real key), the disallowed scores are zeroed, concat and gate act on

@@ -402,7 +402,7 @@ def randomize_weights(variables: list, seed: int = 1, scale: float = 0.5) -> Non
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Plain-numpy references (RecBole's equations, MODELS.md section 1.4)
+# Plain-numpy references (RecBole's equations, docs/models.md#transformer-block)
 # --------------------------------------------------------------------------------------------------------------------
 
 

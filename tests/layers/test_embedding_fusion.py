@@ -29,7 +29,7 @@ def _fusion(mode: str, gate_scorer: str = "linear", features=FEATURES) -> Embedd
 
 
 def _np_fusion(fusion: EmbeddingFusion, features: list[np.ndarray]) -> np.ndarray:
-    """MODELS.md section 1.6, written from the layer's weights."""
+    """docs/models.md#fusion-functions, written from the layer's weights."""
     features = [f.astype("float64") for f in features]
     if fusion.mode == "add":
         return np.sum(features, axis=0)

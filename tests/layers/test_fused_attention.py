@@ -32,7 +32,7 @@ def _basis(rank: int = 3, seed: int = 5) -> np.ndarray:
 
 
 def np_fused_attention(layer, x, attributes, position, mask, basis):
-    """`(output, side_outputs)` of a `FusedAttention` at inference, from its weights (MODELS.md §7.3)."""
+    """`(output, side_outputs)` of a `FusedAttention` at inference, from its weights (docs/models.md#asif)."""
     h, d = layer.num_heads, layer.hidden_dim
     dh = d // h
 

@@ -28,7 +28,7 @@ def _side(seeds=(1, 2)) -> list[np.ndarray]:
 
 
 def np_fusion(fusion, features: list[np.ndarray]) -> np.ndarray:
-    """MODELS.md section 1.6, from an `EmbeddingFusion`'s weights."""
+    """docs/models.md#fusion-functions, from an `EmbeddingFusion`'s weights."""
     if fusion.mode == "add":
         return np.sum(features, axis=0)
     if fusion.mode == "concat":
@@ -43,13 +43,13 @@ def np_fusion(fusion, features: list[np.ndarray]) -> np.ndarray:
 
 
 def np_non_invasive_attention(layer, items, side, mask):
-    """`(output, probabilities)` of MODELS.md section 5.1 steps 1-3: Q, K from `F(items, side)`, V from `items`."""
+    """`(output, probabilities)` of docs/models.md#nova steps 1-3: Q, K from `F(items, side)`, V from `items`."""
     fused = np_fusion(layer.embedding_fusion, [items] + list(side))
     return np_self_attention(layer.self_attention, fused, mask, fused, items)
 
 
 def np_nova_block(block, items, side, mask):
-    """MODELS.md section 5.1 step 4: residual and FFN on the item stream only."""
+    """docs/models.md#nova step 4: residual and FFN on the item stream only."""
     attended, _ = np_non_invasive_attention(block.self_attention, items, side, mask)
     hidden = np_layer_norm(block.attention_layer_norm, items + attended)
     feedforward = np_dense(

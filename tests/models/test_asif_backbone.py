@@ -82,7 +82,7 @@ def _np_basis(basis) -> np.ndarray:
 
 
 def _np_backbone(backbone: ASIFBackbone, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-    """MODELS.md §7.2-7.3 at inference, from the backbone's weights."""
+    """docs/models.md#asif at inference, from the backbone's weights."""
     attributes = _np_side_embeddings(backbone, item_ids, ratings)
     real = item_ids != 0
     position = np.asarray(backbone.position_embedding.embeddings)[np.clip(np.cumsum(real, axis=1) - 1, 0, None)]
@@ -119,7 +119,7 @@ def _np_backbone(backbone: ASIFBackbone, item_ids: np.ndarray, ratings: np.ndarr
 
 
 def _np_alignment(backbone: ASIFBackbone, item_ids: np.ndarray) -> float:
-    """`L_co` (MODELS.md §7.4) written with loops, from the raw embeddings."""
+    """`L_co` (docs/models.md#asif-losses) written with loops, from the raw embeddings."""
     x = np.asarray(backbone.item_embedding.embeddings)[item_ids].astype("float64")
     a = sum(_np_side_embeddings(backbone, item_ids, RATINGS)[: len(ITEM_FEATURES)])
     valid = (item_ids != 0) & (np.sum(a**2, axis=-1) > 0)
@@ -353,7 +353,7 @@ def _variant(reference: ASIFBackbone, **kwargs) -> ASIFBackbone:
     return backbone
 
 
-#: Flags that change the hidden states (ablations of Table 4, then the §7.6 readings).
+#: Flags that change the hidden states (ablations of Table 4, then the readings of docs/models.md#asif-readings).
 OUTPUT_FLAGS = [
     {"use_hie": False},
     {"update_position_stream": False},

@@ -68,7 +68,7 @@ def _np_side_embeddings(backbone: DIFSRBackbone, item_ids: np.ndarray, actions: 
 
 
 def _np_backbone(backbone: DIFSRBackbone, item_ids: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """MODELS.md section 6.3-6.4 at inference, from the backbone's weights (sum pooling)."""
+    """docs/models.md#difsr at inference, from the backbone's weights (sum pooling)."""
     attributes = _np_side_embeddings(backbone, item_ids, actions)
     real = item_ids != 0
     positions = np.asarray(backbone.position_embedding.embeddings)[np.clip(np.cumsum(real, axis=1) - 1, 0, None)]
@@ -86,7 +86,7 @@ def _np_backbone(backbone: DIFSRBackbone, item_ids: np.ndarray, actions: np.ndar
 
 
 def _np_attribute_loss(backbone: DIFSRBackbone, hidden: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """MODELS.md section 6.5: multi-hot BCE over the non-pad classes, mean over the slots with a target."""
+    """docs/models.md#difsr, attribute predictors: multi-hot BCE over the non-pad classes, mean over target slots."""
     losses = {}
     for feature, predictor in zip(ITEM_FEATURES, backbone.attribute_predictors):
         logits = np_dense(predictor, hidden.astype("float64"))
@@ -148,7 +148,7 @@ def test_weights():
 
 
 def _official_count(n_items, d, max_len, n_layers, d_attr, d_ff, vocab_sizes, fusion="gate", n_sources=None):
-    """MODELS.md section 11.4, generalised to several attributes and fusions (attribute tables excluded)."""
+    """docs/models.md#difsr-parameter-count, generalised to several attributes and fusions (no attribute tables)."""
     p = len(vocab_sizes) if n_sources is None else n_sources
     fusion_count = {
         "sum": 0,
@@ -170,7 +170,8 @@ def _official_count(n_items, d, max_len, n_layers, d_attr, d_ff, vocab_sizes, fu
 
 
 def test_parameter_count_matches_the_official_log():
-    # Beauty (MODELS.md 11.4): 12102 item rows, 355 categories, the logged 5,355,783 trainable parameters.
+    # Beauty (docs/models.md#difsr-parameter-count): 12102 item rows, 355 categories, the logged 5,355,783 trainable
+    # parameters.
     assert _official_count(12102, 256, 50, 4, 64, 256, [355]) == 5_355_783
     beauty = DIFSRBackbone(num_items=12102, item_features=[{"name": "categories", "vocab_size": 355, "max_values": 5}])
     beauty.build()
@@ -249,7 +250,7 @@ def test_auxiliary_loss_matches_numpy():
         assert sorted(losses) == ["attribute_brand", "attribute_category"]
         for name, value in expected.items():
             np.testing.assert_allclose(float(losses[name]), value, rtol=1e-5)
-    # Near ln 2 per class at initialisation (MODELS.md 6.5), times lambda.
+    # Near ln 2 per class at initialisation (docs/models.md#difsr), times lambda.
     fresh = _backbone()
     losses = fresh.auxiliary_loss(INPUTS, LABELS, fresh(INPUTS))
     np.testing.assert_allclose(float(losses["attribute_category"]), 2.0 * np.log(2.0), rtol=0.05)

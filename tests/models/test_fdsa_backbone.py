@@ -52,7 +52,7 @@ def _np_pool(vectors: np.ndarray, valid: np.ndarray, pooling: str) -> np.ndarray
 
 
 def _np_backbone(backbone: FDSABackbone, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-    """MODELS.md section 4 at inference, from the backbone's weights, at every slot."""
+    """docs/models.md#fdsa at inference, from the backbone's weights, at every slot."""
     side = backbone.side_information_embedding
     tables = item_feature_tables()
     real = item_ids != 0

@@ -63,7 +63,7 @@ def _np_fusion(fusion, features):
 
 
 def _np_backbone(backbone: NOVABackbone, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-    """MODELS.md sections 5.1-5.2 at inference, from the backbone's weights."""
+    """docs/models.md#nova at inference, from the backbone's weights."""
     side_layer = backbone.side_information_embedding
     tables = item_feature_tables()
     side = []

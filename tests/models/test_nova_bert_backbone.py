@@ -48,7 +48,7 @@ def _random_backbone(**kwargs) -> NOVABERTBackbone:
 
 
 def _np_backbone(backbone: NOVABERTBackbone, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-    """MODELS.md sections 5.1 and 5.3 at inference: NOVA layers, bidirectional mask, [MASK] embeddings."""
+    """docs/models.md#nova and #nova_bert at inference: NOVA layers, bidirectional mask, [MASK] embeddings."""
     is_mask = (item_ids == MASK)[..., None]
     lookup_ids = np.where(item_ids == MASK, 0, item_ids)
     side_layer = backbone.side_information_embedding

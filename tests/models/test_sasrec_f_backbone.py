@@ -41,7 +41,7 @@ def _backbone(**kwargs) -> SASRecFBackbone:
 
 
 def _np_backbone(backbone: SASRecFBackbone, item_ids: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-    """MODELS.md section 3 at inference, from the backbone's weights."""
+    """docs/models.md#sasrec_f at inference, from the backbone's weights."""
     side = backbone.side_information_embedding
     tables = item_feature_tables()
     features = [np.asarray(backbone.item_embedding.embeddings)[item_ids]]

@@ -46,7 +46,7 @@ class DecoupledAttention(keras.layers.Layer):
       left out);
 
     with weights shared by heads, queries and batch, as the official code.
-    The official parameters (MODELS.md section 11.1) map to the sublayers
+    The official parameters (docs/models.md#difsr-parameters) map to the sublayers
     `query`, `key`, `value`, `position_query` (`query_p`), `position_key`
     (`key_p`), `attribute_{j}_query` / `attribute_{j}_key`
     (`query_layers.j` / `key_layers.j`), `score_fusion/projection`

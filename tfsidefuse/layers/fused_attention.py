@@ -20,12 +20,13 @@ from tfsidefuse.layers._checks import (
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS, EmbeddingFusion
 from tfsidefuse.layers.self_attention import MASK_VALUE
 
-#: Which logits the item stream attends with (MODELS.md §7.6 A2): ASIF's fused logits, or one of the three
-#: readings of the "w/o FA" ablation.
+#: Which logits the item stream attends with (docs/models.md#asif-readings, A2): ASIF's fused logits, or one of the
+#: three readings of the "w/o FA" ablation.
 ATTENTION_MODES = ("fused", "decoupled", "item_only", "vanilla")
-#: Divisor of the summed item + position logits (§7.6 A13): `sqrt(d_h)` (poster) or `sqrt(2 d_h)` (TUPE).
+#: Divisor of the summed item + position logits (docs/models.md#asif-readings, A13): `sqrt(d_h)` (poster) or
+#: `sqrt(2 d_h)` (TUPE).
 SCORE_SCALINGS = ("head_dim", "double_head_dim")
-#: The gate `phi` of homogeneous information extraction (§7.6 A6).
+#: The gate `phi` of homogeneous information extraction (docs/models.md#asif-readings, A6).
 HIE_ACTIVATIONS = ("sigmoid", "relu", "tanh", "identity")
 
 

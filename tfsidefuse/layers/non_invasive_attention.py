@@ -36,7 +36,7 @@ class NonInvasiveAttention(keras.layers.Layer):
     training=...)` and wraps it in RecBole's post-LN residual and
     feed-forward, whose residual starts from `R_ID`:
     `R' = LN(R_ID + Dropout(output))`, `R_ID^{l+1} = LN(R' + Dropout(FFN(R')))`
-    (MODELS.md §5.1). Residual and FFN therefore act on the item stream only,
+    (docs/models.md#nova). Residual and FFN therefore act on the item stream only,
     and the caller feeds the same `S_1..S_m` to every layer. The attention
     mask comes from the caller: causal for a SASRec-style model,
     padding-only for NOVA-BERT.

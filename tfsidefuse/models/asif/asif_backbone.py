@@ -34,7 +34,7 @@ def _l2_normalize(x: Any) -> Any:
 class ASIFBackbone(SideFeatureBackbone):
     """ASIF: item, attribute and position streams fused in the attention logits, aligned and filtered.
 
-    Streams at layer 0 (MODELS.md §7.2): the item stream
+    Streams at layer 0 (docs/models.md#asif): the item stream
     `X^0 = Dropout(LN(E_id[s]))` (no position: it has its own logits), the
     attribute streams `A_j^0`, one per side feature (item attributes pooled
     per item, interaction features per slot, all of width `d`), and the
@@ -48,7 +48,7 @@ class ASIFBackbone(SideFeatureBackbone):
     `X' = LN(X^l + Dropout(h_X W^O))`, `X^{l+1} = LN(X' + Dropout(FFN(X')))`,
 
     with the causal-plus-padding mask `M`. The side streams are propagated
-    (§7.3 step 5): `A^{l+1} = LN_A(Z + Dropout(h_A W^O_A))` (one fused
+    (docs/models.md#asif): `A^{l+1} = LN_A(Z + Dropout(h_A W^O_A))` (one fused
     attribute stream from layer 1 on) and `P^{l+1} = LN_P(P^l + Dropout(h_P
     W^O_P))`. Hidden states are scored against the item table (eq. 14).
 
@@ -67,7 +67,7 @@ class ASIFBackbone(SideFeatureBackbone):
     position stream stays `P^0` in every layer, as DIF-SR),
     `fused_attention="decoupled"` (w/o FA).
 
-    Readings of what the poster leaves open (MODELS.md §7.6), defaults first:
+    Readings of what the poster leaves open (docs/models.md#asif-readings), defaults first:
     A2 `fused_attention` (`"fused"`; "w/o FA" as `"decoupled"`,
     `"item_only"` or `"vanilla"`, see `FusedAttention`); A3
     `update_position_stream` and `untied_position` (`False`: positions are

@@ -14,7 +14,7 @@ from tfsidefuse.models.sasrec.sasrec_backbone import SASRecBackbone
 class BERT4RecBackbone(SASRecBackbone):
     """BERT4Rec: bidirectional self-attention over item ids, with a `[MASK]` token.
 
-    SASRec's encoder with two changes (MODELS.md §5.3): the id `num_items`
+    SASRec's encoder with two changes (docs/models.md#bert4rec): the id `num_items`
     is the `[MASK]` token, embedded by a learned vector `m` (the extra row of
     BERT4Rec's item table), and attention is bidirectional: slot `i` attends
     every real slot `j` (padding mask only). With `e_t = m` if

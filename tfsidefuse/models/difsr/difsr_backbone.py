@@ -59,7 +59,7 @@ class DIFSRBackbone(SideFeatureBackbone):
     scored against `E_id`.
 
     Interaction features (rating, time gap, ...) are decoupled sources like
-    the item attributes: each adds its own score map (MODELS.md section 6.1).
+    the item attributes: each adds its own score map (docs/models.md#difsr).
 
     Auxiliary attribute predictors (AAP): for every item feature `j`, a
     dense layer over the hidden state `u_t` of each slot that has a target

@@ -18,7 +18,7 @@ from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
 class NOVABackbone(SideFeatureBackbone):
     """NOVA as a SASRec-style model: side information steers attention, values stay pure item ids.
 
-    Two streams (MODELS.md §5.1-5.2). The item stream starts from the pure
+    Two streams (docs/models.md#nova). The item stream starts from the pure
     item embedding, `R^0_ID = Dropout(LN(E_item[s]))`; the side-information
     set `S` holds, per slot `t`, the pooled attribute embeddings
     `a_{1,t}..a_{p,t}` of the item, the interaction-feature embeddings

@@ -15,7 +15,7 @@ from tfsidefuse.models.nova.nova_backbone import NOVABackbone
 class NOVABERTBackbone(NOVABackbone):
     """NOVA-BERT: NOVA layers with bidirectional attention and a `[MASK]` token.
 
-    NOVA's two streams (MODELS.md §5.1, see `NOVABackbone`): every layer `l`
+    NOVA's two streams (docs/models.md#nova, see `NOVABackbone`): every layer `l`
     fuses the item stream with the fixed side-information set `S` for
     queries and keys only,
 
@@ -23,7 +23,7 @@ class NOVABERTBackbone(NOVABackbone):
     `Q = R^l W^Q`, `K = R^l W^K`, `V = R^l_ID W^V`,
 
     with the bidirectional mask of BERT4Rec (`allowed(i, j) = [s_j != 0]`)
-    and the Cloze vocabulary of MODELS.md §5.3: the id `num_items` is
+    and the Cloze vocabulary of docs/models.md#bert4rec: the id `num_items` is
     `[MASK]`. At a `[MASK]` slot the item stream starts from a learned vector
     `m` (the `[MASK]` row of the item table), each item attribute embedding
     `a_{j,t}` is a learned `[MASK]` vector `m_j` (`side_mask_token=True`) or
