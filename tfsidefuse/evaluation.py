@@ -113,8 +113,13 @@ def per_user_ranks(
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=min(len(files), 8)
     )
-    records = records.map(lambda s: parse_sequence_examples(s, prepared.schema))
-    users = [int(r[USER_ID]) for r in records.filter(lambda r: tf.shape(r[ITEM_ID])[0] >= 2).as_numpy_iterator()]
+    def parse(serialized):
+        return parse_sequence_examples(serialized, prepared.schema)
+
+    def has_target(record):
+        return tf.shape(record[ITEM_ID])[0] >= 2
+
+    users = [int(r[USER_ID]) for r in records.map(parse).filter(has_target).as_numpy_iterator()]
     examples = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False)
     ranks = []
     with reading(prepared):
