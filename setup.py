@@ -19,6 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["tfsidefuse", "tfsidefuse.*"]),
+    package_data={"tfsidefuse.presets": ["*/*.yaml"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.21,<2.22",

@@ -1,7 +1,9 @@
 """tfsidefuse: side-information fusion for sequential recommendation in Keras 3.
 
 ``import tfsidefuse`` registers every layer, model, loss and metric with Keras, so that
-``keras.models.load_model("model.keras")`` works after this one import, and gives the main entry points.
+``keras.models.load_model("model.keras")`` works after this one import, and gives the entry points:
+:func:`load_config` (a YAML file or a preset name), :func:`prepare`, :func:`datasets`, :func:`create_model`,
+:func:`build_model`, :func:`train`, :func:`evaluate` and :func:`export_model`.
 """
 
 import os
@@ -10,13 +12,18 @@ import os
 # the next step, instead of the C library's allocator, which returns every large buffer (the [slots, items] logits of
 # a full softmax) to the system and faults its pages in again at the next step: about a fifth faster training steps
 # on CPU (docs/benchmarks.md, "Speed"). Read by TensorFlow when it first allocates a tensor, so it holds unless the
-# process ran a TensorFlow op before importing tfsidefuse; set it to "false" beforehand to opt out.
+# process ran a TensorFlow op before importing tfsidefuse; set it to "false" beforehand to opt out (README, Install).
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from tfsidefuse import layers, losses, metrics, models  # noqa: E402  (importing them registers their classes)
+from tfsidefuse.api import as_config, create_model, datasets, evaluate, prepare, train  # noqa: E402
+from tfsidefuse.config import RunConfig, load_config  # noqa: E402
+from tfsidefuse.data.prepared import PreparedDataset  # noqa: E402
 from tfsidefuse.errors import ConfigError, DataError, PreparedDataError, RunDirError, UserError  # noqa: E402
+from tfsidefuse.export import export_model  # noqa: E402
 from tfsidefuse.models import MaskedItemModel, NextItemModel  # noqa: E402
 from tfsidefuse.models.registry import BACKBONES, build_model  # noqa: E402
+from tfsidefuse.presets import preset_names  # noqa: E402
 from tfsidefuse.version import __version__  # noqa: E402
 
 __all__ = [
@@ -26,12 +33,23 @@ __all__ = [
     "MaskedItemModel",
     "NextItemModel",
     "PreparedDataError",
+    "PreparedDataset",
+    "RunConfig",
     "RunDirError",
     "UserError",
     "__version__",
+    "as_config",
     "build_model",
+    "create_model",
+    "datasets",
+    "evaluate",
+    "export_model",
     "layers",
+    "load_config",
     "losses",
     "metrics",
     "models",
+    "prepare",
+    "preset_names",
+    "train",
 ]

@@ -1,4 +1,4 @@
-"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three), verify, export, analyze.
+"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three), presets, verify, export, analyze.
 
 Every subcommand but ``export`` and ``analyze`` takes ``--config path.yaml``; ``--set section.key=value``
 overrides single keys (values are parsed as YAML).
@@ -132,6 +132,18 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_presets(args) -> int:
+    from tfsidefuse.presets import copy_preset, preset_names
+
+    if args.copy:
+        name, destination = args.copy
+        print(f"copied preset {name} to {copy_preset(name, destination)}")
+        return 0
+    for name in preset_names():
+        print(name)
+    return 0
+
+
 def cmd_export(args) -> int:
     from tfsidefuse.export import export_model
 
@@ -160,9 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name, fn, help_text, many=False):
         p = sub.add_parser(name, help=help_text)
         if many:
-            p.add_argument("--config", required=True, action="append", help="YAML run configuration (repeatable)")
+            p.add_argument(
+                "--config", required=True, action="append", help="YAML run configuration or preset name (repeatable)"
+            )
         else:
-            p.add_argument("--config", required=True, help="YAML run configuration")
+            p.add_argument("--config", required=True, help="YAML run configuration or preset name (e.g. demo/sasrec)")
         p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key")
         p.set_defaults(fn=fn)
         return p
@@ -186,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing prepared dataset and finished runs of other configs in the run directories",
     )
+    p = sub.add_parser("presets", help="list the shipped configs (usable as --config <dataset>/<model>), or copy one")
+    p.add_argument("--copy", nargs=2, metavar=("NAME", "FILE"), help="write preset NAME to FILE, to edit it")
+    p.set_defaults(fn=cmd_presets)
     p = sub.add_parser("verify", help="check every file of a prepared dataset against its manifest (sizes, hashes)")
     p.add_argument("prepared_dir", help="the prepared dataset directory")
     p.set_defaults(fn=cmd_verify)

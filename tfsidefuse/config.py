@@ -322,12 +322,17 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> RunCo
     """Loads and validates a YAML run configuration.
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or the name of a shipped preset (``demo/sasrec``; see :mod:`tfsidefuse.presets`).
         overrides: dotted keys to override, e.g. ``{"training.epochs": 3}``.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise ConfigError(f"config file not found: {path!r}")
+        from tfsidefuse.presets import preset_path
+
+        preset = preset_path(path)
+        if preset is None:
+            raise ConfigError(f"config file not found: {path!r} (nor a preset name; `tfsidefuse presets` lists them)")
+        path = preset
     with open(path, "rb") as fh:
         try:
             data = yaml.safe_load(fh)

@@ -113,6 +113,7 @@ def per_user_ranks(
     records = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=min(len(files), 8)
     )
+
     def parse(serialized):
         return parse_sequence_examples(serialized, prepared.schema)
 

@@ -168,6 +168,7 @@ def build_model(
     name: str,
     params: dict | None = None,
     *,
+    prepared=None,
     schema=None,
     item_feature_tables: dict | None = None,
     train_on: str = "all_positions",
@@ -183,6 +184,10 @@ def build_model(
     (``train_on`` only says which labels the data carry, and Cloze training
     uses their last item). ``train_metrics`` also computes the ranking metrics
     on the training batches (see :class:`NextItemModel`).
+
+    ``prepared`` (a :class:`~tfsidefuse.data.prepared.PreparedDataset`) gives
+    the schema and the item-feature tables in one argument; ``schema`` and
+    ``item_feature_tables`` give them separately.
     """
     if name not in BACKBONES:
         raise ConfigError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
@@ -190,9 +195,12 @@ def build_model(
         params = {}
     if not isinstance(params, dict):
         raise ConfigError(f"model {name!r}: params must be a dict of hyper-parameters, got {params!r}")
+    if prepared is not None:
+        schema = prepared.schema if schema is None else schema
+        item_feature_tables = prepared.item_feature_tables if item_feature_tables is None else item_feature_tables
     if schema is None:
         raise ConfigError(
-            f"model {name!r}: build_model needs the dataset's schema (schema=prepared.schema): it sets the "
+            f"model {name!r}: build_model needs the prepared dataset (prepared=...) or its schema: it sets the "
             "item count, the sequence length and the side features"
         )
     params, task_params = split_task_params(name, params)

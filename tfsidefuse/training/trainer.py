@@ -185,6 +185,21 @@ def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
     return train_ds, valid_ds
 
 
+def config_datasets(config: RunConfig, prepared: PreparedDataset | None = None) -> tuple:
+    """The ``(train, valid, test)`` ``tf.data`` pipelines of a config, as ``train`` and ``evaluate`` use them.
+
+    The training pipeline follows the config's objective, batch size, seed and length buckets; validation and
+    test yield ``(history, target)`` batches for full-ranking evaluation. The dataset is prepared first if needed.
+    """
+    prepared = prepared or prepare(config)
+    t = config.training
+    train_ds, valid_ds = training_datasets(config, prepared)
+    test_ds = make_dataset(
+        prepared, "test", mode="eval", batch_size=t.eval_batch_size, cache=t.cache, bucket_boundaries=t.length_buckets
+    )
+    return train_ds, valid_ds, test_ds
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` returns (and writes to ``<run_dir>/metrics.json``)."""
