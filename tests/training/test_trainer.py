@@ -131,6 +131,23 @@ def test_killed_run_resumes_from_backup(tmp_path, monkeypatch):
     assert epochs == ["0", "1", "2"]
 
 
+def test_overwrite_starts_a_killed_run_of_another_config_over(tmp_path, monkeypatch):
+    config = small_config(tmp_path, epochs=2)
+    original = trainer.default_callbacks
+    monkeypatch.setattr(trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), StopAfter(0)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config)
+    monkeypatch.setattr(trainer, "default_callbacks", original)
+    other = small_config(tmp_path, epochs=2, learning_rate=1e-2)
+    result = trainer.train(other, overwrite=True)
+    # Started over: both epochs of the new config ran, none continued from the killed run's backup.
+    assert result.metrics["epochs_run"] == 2
+    with open(os.path.join(other.training.run_dir, "history.csv")) as fh:
+        assert [line.split(",")[0] for line in fh.read().splitlines()[1:]] == ["0", "1"]
+    with open(os.path.join(other.training.run_dir, "config.yaml")) as fh:
+        assert "0.01" in fh.read()
+
+
 def test_prefix_objective_trains_and_extra_callbacks_run_after_the_configs(tmp_path):
     class Seen(keras.callbacks.Callback):
         def __init__(self):

@@ -252,8 +252,10 @@ def check_run_dir(run_dir: str, config: RunConfig, *, overwrite: bool = False) -
     The same config may train again in its own directory: an interrupted run resumes, a finished one is
     replaced by the new training.
 
+    With ``overwrite``, everything a run of another config left is replaced (the new training starts over).
+
     Raises:
-        ConfigError: an interrupted run of another config (even with ``overwrite``: remove its backup first).
+        ConfigError: an interrupted run of another config.
         RunDirError: a finished run of another config, or foreign files.
     """
     if not os.path.exists(run_dir):
@@ -262,13 +264,13 @@ def check_run_dir(run_dir: str, config: RunConfig, *, overwrite: bool = False) -
         raise RunDirError(f"training.run_dir {run_dir!r} is a file, not a directory")
     saved = _saved_config(run_dir)
     changed = _changed_keys(saved, config.to_dict()) if saved is not None else None
+    if overwrite:
+        return
     if os.path.isdir(os.path.join(run_dir, "backup")) and changed:
         raise ConfigError(
             f"training.run_dir {run_dir!r} holds an interrupted run of a different config (changed: {changed}); "
-            f"resume it with its own config, or remove {os.path.join(run_dir, 'backup')!r} / choose another run_dir"
+            "resume it with its own config, choose another run_dir, or pass --overwrite to start over"
         )
-    if overwrite:
-        return
     if saved is None:
         foreign = sorted(n for n in os.listdir(run_dir) if not n.startswith("."))
         if foreign:
