@@ -117,6 +117,12 @@ def main(argv=None) -> int:
         "backend": f"keras {keras.__version__} / {keras.backend.backend()}",
         "features": used_features(config.model.name, config.model.params, prepared.schema),
         **{k: v for k, v in m.items()},
+        # Per-epoch curves (validation metrics, training loss, learning rate) for the docs.
+        "curves": {
+            key: [round(float(v), 6) for v in values]
+            for key, values in result.history.items()
+            if key in ("loss", "learning_rate") or key in ("val_hr@20", "val_ndcg@20", "val_ndcg@10", "val_hr@10")
+        },
     }
     os.makedirs(os.path.dirname(args.results), exist_ok=True)
     with open(args.results, "a") as fh:
