@@ -158,10 +158,12 @@ class TrainingConfig:
             with a fixed time; not combined with ``reduce_lr_factor``.
         objective: ``all_positions`` (one example per user, loss at every
             position of its most recent ``max_len`` events), ``all_targets``
-            (as ``all_positions``, with a sequence longer than ``max_len``
-            tiled into windows of ``max_len``, so that every target is trained
-            on, as with ``prefix``) or ``prefix`` (every prefix an example,
-            loss at its end).
+            (as ``all_positions``, with a sequence of more than ``max_len``
+            targets cut into windows of ``max_len`` events ending every
+            ``max_len // 2`` targets, each trained on its newest half, so that
+            every target is trained on once, with at least half a window of
+            history, as with ``prefix``) or ``prefix`` (every prefix an
+            example, loss at its end).
         eval_every: validate every this many epochs.
         monitor: validation metric for early stopping and model selection.
         patience: validations without improvement before stopping.

@@ -291,28 +291,31 @@ def test_cached_evaluation_batches_run_without_autotuning(varied):
     assert make_dataset(varied, "train", batch_size=4).options().autotune.enabled is not False
 
 
-def test_all_targets_tiles_long_sequences_into_windows_by_hand(tmp_path):
-    """One user of 10 events, training record of 8 (7 targets), windows of 3: targets 5-7, 2-4 and 1."""
+def test_all_targets_windows_keep_history_by_hand(tmp_path):
+    """One user of 10 events: a training record of 8 events (e0..e7, targets 1..7), windows of 4 events ending
+    every 2 targets. Each window trains on its newest 2 slots; the oldest on all of its slots."""
     import pandas as pd
 
+    from tfsidefuse.data.pipeline import target_windows
     from tfsidefuse.data.raw_dataset import RawDataset
 
     frame = pd.DataFrame({"user": ["u"] * 10, "item": [f"i{t}" for t in range(10)], "time": range(10)})
-    prepared = PreparedDataset.open(write_prepared(encode(RawDataset("one", frame), max_len=3), tmp_path / "one"))
+    prepared = PreparedDataset.open(write_prepared(encode(RawDataset("one", frame), max_len=4), tmp_path / "one"))
     ids = {token: i for i, token in enumerate(prepared.vocabulary("item_id"))}
     e = [ids[f"i{t}"] for t in range(10)]
+    assert target_windows(7, 4) == [(6, 7, 2), (4, 5, 2), (1, 3, 0)]
     got = batches(make_dataset(prepared, "train", mode="all_targets", batch_size=8, shuffle=False))
     rows = sorted((tuple(x), tuple(y)) for batch, labels in got for x, y in zip(batch["item_ids"], labels))
     assert rows == sorted(
         [
-            ((e[4], e[5], e[6]), (e[5], e[6], e[7])),
-            ((e[1], e[2], e[3]), (e[2], e[3], e[4])),
-            ((0, 0, e[0]), (0, 0, e[1])),
+            ((e[3], e[4], e[5], e[6]), (0, 0, e[6], e[7])),
+            ((e[1], e[2], e[3], e[4]), (0, 0, e[4], e[5])),
+            ((0, e[0], e[1], e[2]), (0, e[1], e[2], e[3])),
         ]
     )
-    # The last window is the one `all_positions` trains on; the others are what it leaves out.
+    # `all_positions` trains on the newest window's 4 slots only.
     ((x, y),) = batches(make_dataset(prepared, "train", mode="all_positions", batch_size=8, shuffle=False))
-    assert (tuple(x["item_ids"][0]), tuple(y[0])) == ((e[4], e[5], e[6]), (e[5], e[6], e[7]))
+    assert (tuple(x["item_ids"][0]), tuple(y[0])) == ((e[3], e[4], e[5], e[6]), (e[4], e[5], e[6], e[7]))
 
 
 @pytest.mark.parametrize("max_len", [3, 5, 8])
@@ -333,6 +336,7 @@ def test_all_targets_trains_on_every_prefix_target_once(varied, max_len):
     assert windows == prefixes
     assert len(last_only) < len(windows)  # sequences longer than max_len + 1 exist in the fixture
     assert declared == count_batches(varied, "train", "all_targets", 7, max_len)
+    step = max_len // 2
     assert count_examples(varied, "train", "all_targets", max_len) == sum(
-        -(-(n - 3) // max_len) for n in (3 + u % 18 for u in range(40)) if n - 3 >= 1
+        1 + max(0, -(-(n - 3 - max_len) // step)) for n in (3 + u % 18 for u in range(40)) if n - 3 >= 1
     )

@@ -12,10 +12,13 @@ batch (or ``max_len`` with ``pad_to_max_len``). Three example modes:
   the training sequence without its last event and ``labels[t]`` is the event
   after position ``t`` (int32 ``[batch, T]``, 0 where there is no target).
 * ``"all_targets"``: as ``"all_positions"``, but a training sequence with more
-  than ``max_len`` targets is cut into windows of ``max_len`` tiled from its
-  end (the oldest window holds the remainder), each an example: every target
-  is trained on once per epoch, as with ``"prefix"``, instead of only the last
-  ``max_len``.
+  than ``max_len`` targets becomes several examples, so that every target is
+  trained on once per epoch, as with ``"prefix"``, instead of only the last
+  ``max_len``: windows of ``max_len`` events ending every ``max_len // 2``
+  targets from the end, each with labels on its newest ``max_len // 2`` slots
+  only (the oldest window keeps all of its labels). Every target thus sees at
+  least half a window of history, as it would in a prefix of ``max_len``
+  events (see :func:`target_windows`).
 * ``"prefix"``: every prefix of the training sequence is an example with its
   next event as the label (int32 ``[batch]``), as in the papers' RecBole runs.
 * ``"eval"``: one example per user; the input is the whole history before the
@@ -147,14 +150,36 @@ def _example_lengths(prepared: PreparedDataset, split: str, mode: str, max_len: 
             for t in range(1, length):
                 lengths[min(t, max_len)] = lengths.get(min(t, max_len), 0) + users
         elif mode == "all_targets" and length >= 2:
-            full, rest = divmod(length - 1, max_len)
-            if full:
-                lengths[max_len] = lengths.get(max_len, 0) + full * users
-            if rest:
-                lengths[rest] = lengths.get(rest, 0) + users
+            for _, stop, _ in target_windows(length - 1, max_len):
+                size = min(stop, max_len)
+                lengths[size] = lengths.get(size, 0) + users
         elif length >= 2:
             lengths[min(length - 1, max_len)] = lengths.get(min(length - 1, max_len), 0) + users
     return lengths
+
+
+def target_windows(targets: int, max_len: int) -> list[tuple[int, int, int]]:
+    """The windows ``all_targets`` cuts a training sequence into, newest first.
+
+    A sequence of ``targets + 1`` events has targets ``1..targets`` (event ``t`` is the target of the events before
+    it). Window ``j`` feeds the events ``[stop_j - max_len, stop_j)`` (from 0 for the oldest) and trains on the
+    targets ``first_j..stop_j``; ``stop_0 = targets`` and each next window ends ``max_len // 2`` targets earlier,
+    until one reaches back to the first event. Every target is in exactly one window, with at least
+    ``max_len - max_len // 2`` events of history (or all of its history, if shorter).
+
+    Returns:
+        ``(first target, last target, events before the first labelled slot)`` per window; the window's input
+        length is ``min(last target, max_len)``.
+    """
+    step = max(1, max_len // 2)
+    windows = []
+    stop = targets
+    while stop > max_len:
+        windows.append((stop - step + 1, stop, max_len - step))
+        stop -= step
+    if stop >= 1:
+        windows.append((1, stop, 0))
+    return windows
 
 
 def count_examples(prepared: PreparedDataset, split: str, mode: str, max_len: int | None = None) -> int | None:
@@ -353,13 +378,22 @@ def make_dataset(
         return _window(seqs, 0, n - 1, max_len), rec[ITEM_ID][n - 1]
 
     def to_windows(rec):
-        # Windows of max_len targets tiled from the end: window j ends at target n - 1 - j * max_len.
+        # The windows of `target_windows`: ends every `step` targets from the newest, each trains on its newest
+        # `step` slots, the oldest window on all of its slots.
         n = tf.shape(rec[ITEM_ID])[0]
-        count = (n - 1 + max_len - 1) // max_len
-        ends = n - 1 - tf.range(count) * max_len
-        positions = tf.ragged.range(tf.maximum(0, ends - max_len), ends)
+        targets = n - 1
+        step = max(1, max_len // 2)
+        count = 1 + tf.maximum(0, (targets - max_len + step - 1) // step)
+        stops = targets - tf.range(count) * step
+        starts = tf.maximum(0, stops - max_len)
+        positions = tf.ragged.range(starts, stops)
         inputs = {(ITEM_IDS if k == ITEM_ID else k): tf.gather(rec[k], positions) for k in keep}
-        return tf.data.Dataset.from_tensor_slices((inputs, tf.gather(rec[ITEM_ID], positions + 1)))
+        labels = tf.gather(rec[ITEM_ID], positions + 1)
+        # Slots older than the newest `step` of a window belong to an older window (none in the oldest one).
+        trained_from = tf.where(tf.range(count) == count - 1, 0, stops - step)
+        keep_label = positions >= tf.expand_dims(trained_from, 1)
+        labels = tf.ragged.map_flat_values(tf.where, keep_label, labels, tf.zeros_like(labels))
+        return tf.data.Dataset.from_tensor_slices((inputs, labels))
 
     def to_prefixes(rec):
         # All prefixes of a record at once: row t - 1 holds the window of events before target t.
