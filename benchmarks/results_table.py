@@ -319,12 +319,32 @@ def replace_block(text: str, table: str) -> str:
     return f"{head}{START}\n{table}\n{END}{tail}"
 
 
+def format_curves(records: list[dict], metric: str = "val_ndcg@20") -> str:
+    """One markdown row per run that recorded its per-epoch curves: the metric after every epoch."""
+    runs = [r for r in records if metric in (r.get("curves") or {})]
+    if not runs:
+        return f"(no run recorded {metric} per epoch)"
+    width = max(len(r["curves"][metric]) for r in runs)
+    lines = [
+        f"| run | objective | {' | '.join(str(e + 1) for e in range(width))} |",
+        "|---|---|" + "---|" * width,
+    ]
+    for record in runs:
+        values = [f"{v:.4f}" for v in record["curves"][metric]] + [""] * (width - len(record["curves"][metric]))
+        lines.append(f"| {record['run_id']} | {record.get('objective', '?')} | {' | '.join(values)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="benchmarks/results/results.jsonl")
     parser.add_argument("--readme", help="rewrite the results block of this markdown file with the printed tables")
     parser.add_argument("--groups", action="store_true", help="show every tuned config, not only the selected one")
+    parser.add_argument("--curves", metavar="METRIC", help="print the per-epoch curve of METRIC (e.g. val_ndcg@20)")
     args = parser.parse_args(argv)
+    if args.curves:
+        print(format_curves(load_results(args.results), args.curves))
+        return 0
     results_dir = os.path.dirname(os.path.abspath(args.results))
     table = format_results(load_results(args.results), results_dir, all_groups=args.groups)
     print(table)

@@ -279,3 +279,20 @@ def test_command_line_prints_groups_and_rewrites_only_the_readme_block(tmp_path,
     text = readme.read_text()
     assert text == f"intro\n{table.START}\n{printed.rstrip()}\n{table.END}\noutro\n"
     assert "| selected |" not in text and "(1, 2, 3)" in text
+
+
+def test_curves_are_printed_per_run_and_epoch():
+    from results_table import format_curves
+
+    records = [
+        {"run_id": "a", "objective": "all_positions", "curves": {"val_ndcg@20": [0.01, 0.02345]}},
+        {"run_id": "b", "objective": "prefix", "curves": {"val_ndcg@20": [0.03]}},
+        {"run_id": "old"},
+    ]
+    assert format_curves(records).splitlines() == [
+        "| run | objective | 1 | 2 |",
+        "|---|---|---|---|",
+        "| a | all_positions | 0.0100 | 0.0234 |",
+        "| b | prefix | 0.0300 |  |",
+    ]
+    assert format_curves(records, "val_hr@20") == "(no run recorded val_hr@20 per epoch)"
