@@ -111,14 +111,19 @@ class StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_killed_run_resumes_from_backup(tmp_path, monkeypatch):
-    config = small_config(tmp_path, epochs=3)
+def kill_after_epoch(config, epoch, monkeypatch):
+    """Trains a config until it is interrupted at the end of an epoch (0-based), leaving its backup."""
     original = trainer.default_callbacks
-    monkeypatch.setattr(trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), StopAfter(1)])
+    monkeypatch.setattr(trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), StopAfter(epoch)])
     with pytest.raises(KeyboardInterrupt):
         trainer.train(config)
-    assert os.path.isdir(os.path.join(config.training.run_dir, "backup"))
     monkeypatch.setattr(trainer, "default_callbacks", original)
+    assert os.path.isdir(os.path.join(config.training.run_dir, "backup"))
+
+
+def test_killed_run_resumes_from_backup(tmp_path, monkeypatch):
+    config = small_config(tmp_path, epochs=3)
+    kill_after_epoch(config, 1, monkeypatch)
     # The backup belongs to this config: another one must not continue it.
     other = small_config(tmp_path, epochs=3, learning_rate=1e-2)
     with pytest.raises(ConfigError, match=r"different config \(changed: \['training.learning_rate'\]\)"):
@@ -132,12 +137,7 @@ def test_killed_run_resumes_from_backup(tmp_path, monkeypatch):
 
 
 def test_overwrite_starts_a_killed_run_of_another_config_over(tmp_path, monkeypatch):
-    config = small_config(tmp_path, epochs=2)
-    original = trainer.default_callbacks
-    monkeypatch.setattr(trainer, "default_callbacks", lambda t, **kw: [*original(t, **kw), StopAfter(0)])
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(config)
-    monkeypatch.setattr(trainer, "default_callbacks", original)
+    kill_after_epoch(small_config(tmp_path, epochs=2), 0, monkeypatch)
     other = small_config(tmp_path, epochs=2, learning_rate=1e-2)
     result = trainer.train(other, overwrite=True)
     # Started over: both epochs of the new config ran, none continued from the killed run's backup.
