@@ -198,7 +198,11 @@ def _changes(record: dict) -> str:
         for k, v in record.get("overrides", {}).items()
         if k not in ("training.run_dir", "training.seed")
     }
-    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "as shipped"
+    text = ", ".join(f"{k}={v}" for k, v in changes.items())
+    config = record.get("config", "")
+    if config.startswith("benchmarks/configs/"):  # a benchmark config: name it, its overrides after it
+        return f"`{os.path.basename(config)}`" + (f", {text}" if text else "")
+    return text or "as shipped"
 
 
 def _objective(record: dict) -> str:

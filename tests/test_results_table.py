@@ -296,3 +296,11 @@ def test_curves_are_printed_per_run_and_epoch():
         "| b | prefix | 0.0300 |  |",
     ]
     assert format_curves(records, "val_hr@20") == "(no run recorded val_hr@20 per epoch)"
+
+
+def test_benchmark_configs_are_named_in_the_changes_column():
+    from results_table import _changes
+
+    record = {"config": "benchmarks/configs/amazon-beauty-asif-tuned.yaml", "overrides": {"training.epochs": 20}}
+    assert _changes(record) == "`amazon-beauty-asif-tuned.yaml`, epochs=20"
+    assert _changes({"config": "configs/amazon-beauty/asif.yaml", "overrides": {"training.seed": 3}}) == "as shipped"
