@@ -159,7 +159,7 @@ def test_build_model_names_unknown_models_and_missing_schema():
 
     with pytest.raises(tfsidefuse.ConfigError, match="unknown model 'nope'; available: .*sasrec"):
         tfsidefuse.build_model("nope", {})
-    with pytest.raises(tfsidefuse.ConfigError, match="needs the dataset's schema"):
+    with pytest.raises(tfsidefuse.ConfigError, match="needs the prepared dataset \\(prepared=...\\) or its schema"):
         tfsidefuse.build_model("sasrec", {})
 
 
