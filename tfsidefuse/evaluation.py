@@ -30,11 +30,13 @@ def evaluate_model(
     Returns:
         ``{"hr@5": ..., "ndcg@20": ..., "mrr": ..., "loss": ...}``.
     """
+    if not isinstance(prepared, PreparedDataset):
+        prepared = PreparedDataset.open(prepared)
     # Length buckets: a batch of short histories is not padded to the longest one of the split.
     ds = make_dataset(
         prepared, split, mode="eval", batch_size=batch_size, features=features, shuffle=False, bucket_boundaries="auto"
     )
-    with reading(prepared if isinstance(prepared, PreparedDataset) else PreparedDataset.open(prepared)):
+    with reading(prepared):
         results = model.evaluate(ds, verbose=verbose, return_dict=True)
     return {k: float(v) for k, v in results.items()}
 

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfsidefuse.config import load_config
+from tfsidefuse.data.manifest import process_alive
 from tfsidefuse.data.pipeline import parse_sequence_examples, reading
 from tfsidefuse.data.prepared import ITEM_ID, PreparedDataset
 from tfsidefuse.data.schema import OOV_ID, PAD_ID
@@ -65,14 +66,8 @@ def _remove_stale_tmp(base_dir: str) -> None:
     """Removes temporary directories of exports whose process is gone (killed exports)."""
     for name in os.listdir(base_dir):
         match = _TMP.match(name)
-        if not match:
-            continue
-        try:
-            os.kill(int(match.group(2)), 0)
-        except ProcessLookupError:
+        if match and not process_alive(int(match.group(2))):
             shutil.rmtree(os.path.join(base_dir, name), ignore_errors=True)
-        except PermissionError:
-            pass
 
 
 def _resolve_prepared(run_dir: str, prepared_dir: str | None) -> PreparedDataset:
