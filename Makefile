@@ -1,4 +1,4 @@
-# Standard targets. Each one creates .venv (if missing) and installs the package with its test extras first;
+# Standard targets. Each one creates .venv (if missing) and installs the package with its test and Beam extras first;
 # the install is redone only when setup.py or the version changes.
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tfsidefuse-installed
 $(STAMP): setup.py tfsidefuse/version.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,beam]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -18,8 +18,12 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tfsidefuse run --config configs/demo/sasrec.yaml --config configs/demo/sasrec_f.yaml
 
+# The second run: the layer, backbone and task checks (forward, symbolic call, fit steps, save/reload) under JAX.
+JAX_TESTS := tests/layers tests/models -k "behaviors or mask_token_embedding_layer or fit or gradient_flows or padding_gets_no_gradient or all_positions_logits_and_loss"
+
 test: $(STAMP)
 	$(BIN)/python -m pytest
+	KERAS_BACKEND=jax JAX_PLATFORMS=cpu $(BIN)/python -m pytest $(JAX_TESTS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""

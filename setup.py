@@ -40,6 +40,7 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "jax[cpu]>=0.4.36,<0.11",  # the test suite's second run, under KERAS_BACKEND=jax
         ],
         "serving": ["tensorflow-serving-api>=2.21,<2.22", "requests>=2.28"],
         "notebooks": [
@@ -52,6 +53,8 @@ setup(
             "tensorflow-datasets>=4.9",
         ],
         "tfds": ["tensorflow-datasets>=4.9"],
+        # `tfsidefuse prepare --runner ...`: the preprocessing as Apache Beam pipelines (pyarrow comes with it).
+        "beam": ["apache-beam>=2.78,<3"],
     },
     entry_points={"console_scripts": ["tfsidefuse=tfsidefuse.cli:main"]},
     classifiers=[

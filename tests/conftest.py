@@ -4,11 +4,25 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from tfsidefuse.data.raw_dataset import RawDataset  # noqa: E402
 from tfsidefuse.data.schema import FeatureSpec  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under another Keras backend (`KERAS_BACKEND=jax`), the tests marked `tensorflow_only` are skipped."""
+    if keras.backend.backend() == "tensorflow":
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs the TensorFlow backend (tf.data, tf.function, gradient tapes or export); "
+        f"this run uses {keras.backend.backend()}"
+    )
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

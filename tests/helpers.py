@@ -229,14 +229,40 @@ def assert_dropout_only_in_training(layer: Any, *args: Any, **kwargs: Any) -> No
     assert not np.allclose(layer(*args, **kwargs, training=True), inference[0])
 
 
-def assert_gradients_reach_every_weight(variables: list, loss_fn: Any) -> None:
-    """Every trainable variable gets a non-zero gradient from `loss_fn()`."""
+def gradients(variables: list, loss_fn: Any) -> list[np.ndarray | None]:
+    """The gradients of the scalar `loss_fn()` with respect to `variables`, as numpy arrays, on the current backend.
+
+    TensorFlow records `loss_fn()` on a gradient tape (`None` for a variable
+    the loss does not reach); JAX differentiates `loss_fn()` as a function
+    of the variables' values, read through a `keras.StatelessScope` (zeros
+    for a variable the loss does not reach).
+
+    Args:
+        variables: Keras variables, already built.
+        loss_fn: a function of no arguments returning a scalar tensor.
+
+    Returns:
+        One array (or `None`) per variable, in order.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def loss_of(values: list) -> Any:
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return loss_fn()
+
+        return [np.asarray(g) for g in jax.grad(loss_of)([v.value for v in variables])]
     with tf.GradientTape() as tape:
         loss = loss_fn()
-    gradients = tape.gradient(loss, [v.value for v in variables])
-    for variable, gradient in zip(variables, gradients):
+    grads = tape.gradient(loss, [v.value for v in variables])
+    return [None if g is None else np.asarray(tf.convert_to_tensor(g)) for g in grads]
+
+
+def assert_gradients_reach_every_weight(variables: list, loss_fn: Any) -> None:
+    """Every trainable variable gets a non-zero gradient from `loss_fn()`."""
+    for variable, gradient in zip(variables, gradients(variables, loss_fn)):
         assert gradient is not None, f"no gradient for {variable.path}"
-        assert np.any(np.asarray(tf.convert_to_tensor(gradient)) != 0), f"zero gradient for {variable.path}"
+        assert np.any(gradient != 0), f"zero gradient for {variable.path}"
 
 
 def assert_padding_invariant(backbone: Any, inputs: dict[str, Any], num_pad: int = 3, atol: float = 1e-5) -> None:

@@ -16,15 +16,41 @@ import os
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from tfsidefuse import layers, losses, metrics, models  # noqa: E402  (importing them registers their classes)
-from tfsidefuse.api import as_config, create_model, datasets, evaluate, prepare, train  # noqa: E402
 from tfsidefuse.config import RunConfig, load_config  # noqa: E402
-from tfsidefuse.data.prepared import PreparedDataset  # noqa: E402
 from tfsidefuse.errors import ConfigError, DataError, PreparedDataError, RunDirError, UserError  # noqa: E402
-from tfsidefuse.export import export_model  # noqa: E402
 from tfsidefuse.models import MaskedItemModel, NextItemModel  # noqa: E402
 from tfsidefuse.models.registry import BACKBONES, build_model  # noqa: E402
 from tfsidefuse.presets import preset_names  # noqa: E402
 from tfsidefuse.version import __version__  # noqa: E402
+
+#: Public names defined in modules that need TensorFlow (data pipelines, training loop, export), by module.
+_TENSORFLOW_NAMES = {
+    "as_config": "tfsidefuse.api",
+    "create_model": "tfsidefuse.api",
+    "datasets": "tfsidefuse.api",
+    "evaluate": "tfsidefuse.api",
+    "prepare": "tfsidefuse.api",
+    "train": "tfsidefuse.api",
+    "PreparedDataset": "tfsidefuse.data.prepared",
+    "export_model": "tfsidefuse.export",
+}
+
+try:
+    import tensorflow  # noqa: E402, F401
+except ImportError:
+    # Without TensorFlow (a JAX-only machine) the layers, models, losses, metrics and configs above still work;
+    # the names of `_TENSORFLOW_NAMES` are imported on first use, which raises the ImportError of TensorFlow.
+    def __getattr__(name: str):
+        if name in _TENSORFLOW_NAMES:
+            import importlib
+
+            return getattr(importlib.import_module(_TENSORFLOW_NAMES[name]), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+else:
+    from tfsidefuse.api import as_config, create_model, datasets, evaluate, prepare, train  # noqa: E402
+    from tfsidefuse.data.prepared import PreparedDataset  # noqa: E402
+    from tfsidefuse.export import export_model  # noqa: E402
 
 __all__ = [
     "BACKBONES",

@@ -44,10 +44,13 @@ def as_config(config: RunConfig | str | os.PathLike | dict, overrides: dict | No
     raise ConfigError(f"config must be a RunConfig, a YAML path, a preset name or a dict, got {type(config).__name__}")
 
 
-def prepare(config: Any, *, overwrite: bool = False) -> PreparedDataset:
+def prepare(
+    config: Any, *, overwrite: bool = False, runner: str | None = None, pipeline_options: dict | list | None = None
+) -> PreparedDataset:
     """The prepared dataset of a config: written from the raw data, or reused when up to date (see
-    :func:`tfsidefuse.training.trainer.prepare`)."""
-    return trainer.prepare(as_config(config), overwrite=overwrite)
+    :func:`tfsidefuse.training.trainer.prepare`); ``runner="DirectRunner"`` (or any Beam runner, with
+    ``pipeline_options``) writes it with Apache Beam."""
+    return trainer.prepare(as_config(config), overwrite=overwrite, runner=runner, pipeline_options=pipeline_options)
 
 
 def datasets(config: Any, prepared: PreparedDataset | None = None) -> tuple:

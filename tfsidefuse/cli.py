@@ -49,7 +49,17 @@ def cmd_prepare(args) -> int:
     from tfsidefuse.training.trainer import prepare
 
     config = _load(args)
-    prepared = prepare(config, overwrite=args.overwrite)
+    options = [f"--{o}" for o in args.beam_option or []] + list(args.pipeline_args or [])
+    if options and not args.runner:
+        from tfsidefuse.errors import ConfigError
+
+        raise ConfigError(f"pipeline options {options} need --runner (e.g. --runner DirectRunner)")
+    for flag in args.pipeline_args or []:
+        if not flag.startswith("-"):
+            from tfsidefuse.errors import ConfigError
+
+            raise ConfigError(f"unexpected argument {flag!r}; pipeline options go after `--`, e.g. -- --project=p")
+    prepared = prepare(config, overwrite=args.overwrite, runner=args.runner, pipeline_options=options or None)
     print(f"prepared dataset: {prepared.directory}")
     print(json.dumps(prepared.stats, indent=2))
     return 0
@@ -183,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("prepare", cmd_prepare, "read raw data and write the prepared dataset (TFRecords, vocabularies)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared dataset")
+    p.add_argument(
+        "--runner",
+        help="prepare with Apache Beam on this runner (DirectRunner, DataflowRunner, FlinkRunner, SparkRunner, ...); "
+        "needs pip install 'tfsidefuse[beam]'",
+    )
+    p.add_argument(
+        "--beam-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a Beam pipeline option, e.g. direct_num_workers=2 or project=my-project (repeatable)",
+    )
+    p.add_argument("pipeline_args", nargs="*", help="more Beam pipeline options, after `--` (e.g. -- --region=r)")
     p = add("train", cmd_train, "train a model; save it with its validation and test metrics")
     p.add_argument("--no-test", action="store_true", help="skip the test-split evaluation")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run of another config in run_dir")

@@ -18,10 +18,16 @@ import yaml
 
 from tfsidefuse.errors import ConfigError  # noqa: F401  (re-exported: ``from tfsidefuse.config import ConfigError``)
 
-SOURCES = ("demo", "s3rec", "recbole", "tfds", "prepared")
+SOURCES = ("demo", "s3rec", "recbole", "tfds", "csv", "parquet", "prepared")
 OBJECTIVES = ("all_positions", "all_targets", "prefix")
 LR_SCHEDULES = ("constant", "cosine")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "data_parallel")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+LOSSES = ("full_softmax", "sampled_softmax")
+NEGATIVE_SAMPLERS = ("in_batch", "uniform", "log_uniform", "popularity")
+#: Defaults of the sampled-softmax options (``null`` in a config means the default).
+DEFAULT_NUM_NEGATIVES = 100
+DEFAULT_NEGATIVE_SAMPLER = "uniform"
 
 
 @dataclasses.dataclass
@@ -31,16 +37,20 @@ class DatasetConfig:
     Args:
         source: ``demo`` (built-in synthetic data), ``s3rec`` (``sequences.txt`` +
             ``item_attributes.json``), ``recbole`` (atomic files), ``tfds``
-            (MovieLens through tensorflow-datasets) or ``prepared`` (an existing
-            prepared directory, given as ``prepared_dir``).
+            (MovieLens through tensorflow-datasets), ``csv`` / ``parquet`` (a log
+            partitioned into files, ``path`` a glob of them) or ``prepared`` (an
+            existing prepared directory, given as ``prepared_dir``).
         prepared_dir: the prepared dataset directory (written by ``prepare``).
-        path: the raw data directory (``s3rec``, ``recbole``).
+        path: the raw data directory (``s3rec``, ``recbole``), or a glob of the
+            partition files (``csv``, ``parquet``; ``**`` matches folders).
         name: the RecBole file stem or the tfds dataset name.
         max_len: most recent events kept per sequence.
         k_core: keep users and items with at least this many interactions.
         features: side features to keep (default: all the reader declares).
         num_shards: TFRecord files per split.
         demo: keyword arguments of ``make_demo_dataset`` (``demo`` source).
+        columns: for ``csv`` / ``parquet``: the column names of the roles ``user``,
+            ``item`` and ``time`` (defaults: the role names; ``time`` is optional).
     """
 
     source: str
@@ -52,6 +62,7 @@ class DatasetConfig:
     features: list[str] | None = None
     num_shards: int = 4
     demo: dict | None = None
+    columns: dict | None = None
 
     def validate(self) -> None:
         _one_of("dataset.source", self.source, SOURCES)
@@ -73,6 +84,15 @@ class DatasetConfig:
             inter = os.path.join(self.path, f"{stem}.inter")
             if not os.path.exists(inter):
                 raise ConfigError(f"dataset.name: file not found: {inter!r}")
+        if self.source in ("csv", "parquet"):
+            from tfsidefuse.data.partitioned import column_roles, list_partitions
+
+            if not self.path:
+                raise ConfigError(f"dataset.path is required for source {self.source!r} (a glob of the files)")
+            list_partitions(self.path)
+            column_roles(self.columns)
+        elif self.columns is not None:
+            raise ConfigError(f"dataset.columns is only allowed with source 'csv' or 'parquet', got {self.source!r}")
         if self.source == "prepared" and not os.path.exists(os.path.join(self.prepared_dir, "schema.yaml")):
             raise ConfigError(f"dataset.prepared_dir: not a prepared dataset: {self.prepared_dir!r}")
         if self.demo is not None and self.source != "demo":
@@ -191,6 +211,31 @@ class TrainingConfig:
             in ``(0, 1)``) and validate, select, save and export the averaged
             weights; training steps still update the raw weights. ``null``
             (default, as the papers) trains and keeps the raw weights.
+        distribution: ``null`` or ``none`` (default, one device),
+            ``mirrored`` (the devices of one host,
+            ``tf.distribute.MirroredStrategy``), ``multi_worker`` (several
+            hosts configured by ``TF_CONFIG``,
+            ``tf.distribute.MultiWorkerMirroredStrategy``) or
+            ``data_parallel`` (``keras.distribution.DataParallel``, JAX
+            backend); ``batch_size`` stays the global batch (docs/scaling.md).
+        devices: the devices of ``mirrored`` (e.g. ``["/gpu:0", "/gpu:1"]``);
+            default every GPU of the host, else its CPU.
+        loss: ``full_softmax`` (default, also written ``null``: every item in the softmax) or
+            ``sampled_softmax`` (the target and ``num_negatives`` sampled items
+            shared by the batch, with the logQ correction and accidental hits
+            removed; validation and evaluation still rank every item).
+        num_negatives: sampled negatives per step (``sampled_softmax``;
+            default 100), below the number of items.
+        negative_sampler: ``in_batch``, ``uniform`` (default), ``log_uniform``
+            or ``popularity`` (``sampled_softmax``).
+        sampler_exponent: the ``popularity`` sampler draws items in proportion
+            to ``count ** sampler_exponent`` (default 1.0).
+        hard_negatives: keep only this many of the hardest sampled negatives
+            per slot (``sampled_softmax``; below ``num_negatives``).
+        eval_item_block: score this many items at a time in the final
+            validation and test evaluation (memory ``eval_batch_size x
+            eval_item_block`` instead of ``eval_batch_size x num_items``; the
+            metrics are the same); ``null`` (default) scores all at once.
     """
 
     run_dir: str
@@ -218,6 +263,14 @@ class TrainingConfig:
     jit_compile: bool = False
     mixed_precision: bool = False
     ema_momentum: float | None = None
+    loss: str | None = None
+    num_negatives: int | None = None
+    negative_sampler: str | None = None
+    sampler_exponent: float | None = None
+    hard_negatives: int | None = None
+    eval_item_block: int | None = None
+    distribution: str | None = None
+    devices: list[str] | None = None
 
     def validate(self) -> None:
         for key in (
@@ -272,6 +325,63 @@ class TrainingConfig:
         ema = self.ema_momentum
         if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
             raise ConfigError(f"training.ema_momentum must be a number in (0, 1) or null, got {ema!r}")
+        self._validate_loss()
+        self._validate_distribution()
+        if self.eval_item_block is not None:
+            _positive("training.eval_item_block", self.eval_item_block)
+
+    def _validate_distribution(self) -> None:
+        if self.distribution is not None:
+            _one_of("training.distribution", self.distribution, DISTRIBUTIONS)
+        devices = self.devices
+        if devices is None:
+            return
+        if not isinstance(devices, list) or not devices or not all(isinstance(d, str) and d for d in devices):
+            raise ConfigError(f"training.devices must be a non-empty list of device names or null, got {devices!r}")
+        if self.distribution != "mirrored":
+            raise ConfigError(f"training.devices applies to distribution 'mirrored', not {self.distribution!r}")
+
+    def _validate_loss(self) -> None:
+        # `null` is the default, full_softmax: run directories written before the key existed keep their config.
+        if self.loss is not None:
+            _one_of("training.loss", self.loss, LOSSES)
+        options = ("num_negatives", "negative_sampler", "sampler_exponent", "hard_negatives")
+        if self.loss != "sampled_softmax":
+            for key in options:
+                if getattr(self, key) is not None:
+                    raise ConfigError(
+                        f"training.{key}={getattr(self, key)!r} needs training.loss: sampled_softmax "
+                        f"(training.loss is {self.loss or 'full_softmax'!r})"
+                    )
+            return
+        if self.num_negatives is not None:
+            _positive("training.num_negatives", self.num_negatives)
+        if self.negative_sampler is not None:
+            _one_of("training.negative_sampler", self.negative_sampler, NEGATIVE_SAMPLERS)
+        exponent = self.sampler_exponent
+        if exponent is not None:
+            if self.sampler() != "popularity":
+                raise ConfigError(
+                    f"training.sampler_exponent={exponent!r} needs training.negative_sampler: popularity "
+                    f"(training.negative_sampler is {self.sampler()!r})"
+                )
+            if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent >= 0:
+                raise ConfigError(f"training.sampler_exponent must be a number >= 0, got {exponent!r}")
+        if self.hard_negatives is not None:
+            _positive("training.hard_negatives", self.hard_negatives)
+            if self.hard_negatives >= self.negatives():
+                raise ConfigError(
+                    f"training.hard_negatives must be below training.num_negatives={self.negatives()}, "
+                    f"got {self.hard_negatives!r}"
+                )
+
+    def negatives(self) -> int:
+        """The sampled negatives per step (``num_negatives`` or its default)."""
+        return DEFAULT_NUM_NEGATIVES if self.num_negatives is None else self.num_negatives
+
+    def sampler(self) -> str:
+        """The negative sampler (``negative_sampler`` or its default)."""
+        return DEFAULT_NEGATIVE_SAMPLER if self.negative_sampler is None else self.negative_sampler
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset, reading
 from tfsidefuse.data.prepared import PreparedDataset
-from tfsidefuse.metrics import ranking_metrics
+from tfsidefuse.metrics import RankingMetric, ranking_metrics
 
 METRIC_ORDER = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 
@@ -24,8 +24,20 @@ def evaluate_model(
     batch_size: int = 512,
     features: list[str] | None = None,
     verbose: int = 0,
+    item_block: int | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics of a compiled :class:`NextItemModel` on a split.
+
+    Args:
+        model: a compiled :class:`~tfsidefuse.models.NextItemModel`.
+        prepared: the prepared dataset (or its directory).
+        split: ``"valid"`` or ``"test"``.
+        batch_size: examples per batch.
+        features: interaction features the model reads (default: all).
+        verbose: Keras progress output.
+        item_block: score this many items at a time (:func:`evaluate_in_blocks`), so that memory grows with
+            ``batch_size x item_block`` instead of ``batch_size x num_items``; the metrics are the same.
+            ``None`` (default): ``model.evaluate`` on the full ``[batch, num_items]`` logits.
 
     Returns:
         ``{"hr@5": ..., "ndcg@20": ..., "mrr": ..., "loss": ...}``.
@@ -37,8 +49,72 @@ def evaluate_model(
         prepared, split, mode="eval", batch_size=batch_size, features=features, shuffle=False, bucket_boundaries="auto"
     )
     with reading(prepared):
+        if item_block is not None:
+            return evaluate_in_blocks(model, ds, item_block)
         results = model.evaluate(ds, verbose=verbose, return_dict=True)
     return {k: float(v) for k, v in results.items()}
+
+
+def _compiled_ranking_metrics(model) -> list:
+    """Fresh copies of the ranking metrics the model was compiled with; the standard set otherwise."""
+    compiled = getattr(getattr(model, "_compile_metrics", None), "_user_metrics", None)
+    if isinstance(compiled, (list, tuple)) and compiled and all(isinstance(m, RankingMetric) for m in compiled):
+        return [type(m).from_config(m.get_config()) for m in compiled]
+    return ranking_metrics()
+
+
+def evaluate_in_blocks(model, dataset, item_block: int, metrics: list | None = None) -> dict[str, float]:
+    """Full-ranking metrics of a model on ``(inputs, targets)`` batches, scoring ``item_block`` items at a time.
+
+    Each batch's hidden states are computed once; the items are then scored block by block
+    (:meth:`~tfsidefuse.models.NextItemModel.rank_in_blocks`), keeping each example's rank (the optimistic rank
+    of :func:`tfsidefuse.metrics.target_ranks`: ties count for the target, padding and OOV never rank) and a
+    running log-sum-exp for the loss. Memory grows with ``batch x item_block``, not ``batch x num_items``. The
+    ranking metrics are accumulated per batch as ``model.evaluate`` accumulates them, so they are the same; the
+    ``loss`` (the full-softmax cross-entropy, averaged over the batches weighted by their size, as Keras does)
+    agrees up to float rounding.
+
+    Args:
+        model: a :class:`~tfsidefuse.models.NextItemModel`.
+        dataset: batches ``(inputs, targets)`` with targets ``[batch]``.
+        item_block: items scored per block.
+        metrics: :class:`~tfsidefuse.metrics.RankingMetric` objects to fill (default: copies of those the model
+            was compiled with, or :func:`~tfsidefuse.metrics.ranking_metrics`).
+
+    Returns:
+        ``{metric name: value, ..., "loss": ...}``.
+    """
+    import keras
+
+    if metrics is None:
+        metrics = _compiled_ranking_metrics(model)
+    groups: dict[tuple, list] = {}
+    for metric in metrics:
+        groups.setdefault(tuple(sorted(set(metric.excluded_ids))), []).append(metric)
+    loss = keras.metrics.Mean(name="loss")
+
+    def step(inputs, targets):
+        labels = keras.ops.reshape(keras.ops.cast(targets, "int32"), (-1,))
+        for excluded, group in groups.items():
+            ranked = model.rank_in_blocks(inputs, labels, item_block=item_block, excluded_ids=excluded)
+            for metric in group:
+                metric.update_from_ranks(ranked["rank"], labels)
+        labelled = keras.ops.cast(keras.ops.not_equal(labels, 0), "float32")
+        cross_entropy = (ranked["log_normalizer"] - ranked["target_logit"]) * labelled
+        # Keras' loss tracker: the batch's mean over its labelled rows, weighted by the batch size.
+        batch_loss = keras.ops.divide_no_nan(keras.ops.sum(cross_entropy), keras.ops.sum(labelled))
+        loss.update_state(batch_loss, sample_weight=keras.ops.shape(labels)[0])
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # Traced like Keras' test function, so that the metric updates run as they do in `model.evaluate`.
+        step = tf.function(step, reduce_retracing=True)
+    for inputs, targets in dataset:
+        step(inputs, targets)
+    results = {metric.name: float(metric.result()) for metric in metrics}
+    results["loss"] = float(loss.result())
+    return results
 
 
 def item_popularity(prepared: PreparedDataset | str) -> np.ndarray:

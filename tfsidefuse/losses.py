@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse import replicas
+
 #: Reductions `NextItemCrossEntropy` supports.
 REDUCTIONS = ("sum_over_batch_size", "sum", "none")
 
@@ -102,9 +104,11 @@ class NextItemCrossEntropy(keras.losses.Loss):
         per_row = softmax_cross_entropy(labels, y_pred)
         per_row = ops.where(valid, per_row, 0.0)
         if self.reduction == "sum_over_batch_size":
-            # The base class divides the sum by the number of rows; the mean is over the labelled ones.
+            # The base class divides the sum by the number of rows (and, under tf.distribute, by the number of
+            # replicas); the mean is over the labelled rows of the whole global batch, whatever each replica holds.
             rows = ops.cast(ops.size(labels), per_row.dtype)
-            per_row = per_row * ops.divide_no_nan(rows, ops.sum(ops.cast(valid, per_row.dtype)))
+            labelled = replicas.replica_sum(ops.sum(ops.cast(valid, per_row.dtype)))
+            per_row = per_row * ops.divide_no_nan(rows * replicas.num_replicas(), labelled)
         return per_row
 
     def get_config(self) -> dict[str, Any]:

@@ -111,6 +111,18 @@ class RankingMetric(keras.metrics.Metric):
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         rank, y_true = target_ranks(y_true, y_pred, self.excluded_ids)
+        self.update_from_ranks(rank, y_true, sample_weight)
+
+    def update_from_ranks(self, rank: Any, y_true: Any, sample_weight: Any = None) -> None:
+        """Accumulates examples whose ranks are already known (`target_ranks`, or a ranking by blocks of items).
+
+        Args:
+            rank: float ranks (1 = best), `[batch]` or `[batch, seq_len]`.
+            y_true: target ids of the same shape; examples with target 0 are skipped.
+            sample_weight: optional weights, broadcastable to the ranks.
+        """
+        rank = ops.cast(rank, "float32")
+        y_true = ops.reshape(ops.cast(y_true, "int32"), ops.shape(rank))
         weight = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
         if sample_weight is not None:
             weight = weight * ops.broadcast_to(ops.cast(sample_weight, "float32"), ops.shape(weight))

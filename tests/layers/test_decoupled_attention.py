@@ -248,6 +248,7 @@ def test_invalid_arguments(kwargs, bad):
         DecoupledAttention(**{**arguments, **kwargs})
 
 
+@pytest.mark.tensorflow_only  # traces with tf.function
 @pytest.mark.parametrize("fusion", ["concat", "gate"])
 def test_unknown_window_length_in_a_graph_gives_the_eager_values(fusion):
     # Keras relaxes the traced length to None across length buckets: the fused rows are then cut in the graph.
@@ -302,6 +303,7 @@ def test_last_query_only_gives_the_last_slot_of_the_full_output(fusion, causal):
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
 
 
+@pytest.mark.tensorflow_only  # traces with tf.function
 @pytest.mark.parametrize("fusion", ["concat", "gate"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_a_batch_without_padding_matches_numpy_reference_eager_and_traced(fusion, causal):

@@ -73,6 +73,7 @@ def test_matches_numpy_reference(mode, gate_scorer):
     np.testing.assert_allclose(fusion(FEATURES), _np_fusion(fusion, FEATURES), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.tensorflow_only  # traces with tf.function
 @pytest.mark.parametrize("mode, gate_scorer", MODES)
 @pytest.mark.parametrize("width", [1, 3, 8])
 def test_width_fuses_the_leading_entries_of_zero_extended_inputs(mode, gate_scorer, width):

@@ -438,7 +438,11 @@ def make_dataset(
         ds = ds.with_options(options)
     if repeat:
         ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Under a multi-worker tf.distribute strategy every worker reads this same stream of batches and keeps its
+    # part of each one: the global batches of one process, every example seen once per pass (docs/scaling.md).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 @contextlib.contextmanager

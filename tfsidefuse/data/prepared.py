@@ -61,7 +61,9 @@ def sequence_example(user_id: int, item_ids, interaction_features: dict) -> byte
         context=tf.train.Features(feature={USER_ID: _int64_list([int(user_id)])}),
         feature_lists=tf.train.FeatureLists(feature_list=lists),
     )
-    return example.SerializeToString()
+    # Deterministic: the feature lists are a protobuf map, whose default serialization order varies between
+    # processes; sorted keys make equal datasets byte-equal (and their fingerprints equal) wherever written.
+    return example.SerializeToString(deterministic=True)
 
 
 def _write_split(encoded: EncodedDataset, split: str, directory: str, num_shards: int) -> int:
@@ -152,9 +154,58 @@ def write_prepared(
     Returns:
         The directory path.
     """
-    directory = os.path.abspath(os.fspath(directory))
     if not isinstance(num_shards, int) or num_shards < 1:
         raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
+
+    def fill(tmp: str) -> None:
+        stats = dict(encoded.stats)
+        for split in SPLITS:
+            stats[f"{split}_records"] = _write_split(encoded, split, os.path.join(tmp, split), num_shards)
+        write_metadata(tmp, encoded.vocabularies, encoded.item_feature_tables, stats, encoded.schema)
+
+    return build_prepared_dir(
+        directory, fill, overwrite=overwrite, raw_inputs=raw_inputs, dataset_config=dataset_config
+    )
+
+
+def write_metadata(
+    directory: str,
+    vocabularies: dict[str, list[str]],
+    item_feature_tables: dict[str, np.ndarray],
+    stats: dict,
+    schema: DatasetSchema,
+) -> None:
+    """Writes the files of a prepared dataset besides the shards: vocabularies, item features, stats, schema."""
+    os.makedirs(os.path.join(directory, VOCAB_DIR))
+    for name, tokens in vocabularies.items():
+        with open(os.path.join(directory, VOCAB_DIR, f"{name}.txt"), "w") as fh:
+            fh.write("\n".join(tokens) + "\n")
+    _save_npz(os.path.join(directory, ITEM_FEATURES_FILE), item_feature_tables)
+    with open(os.path.join(directory, STATS_FILE), "w") as fh:
+        json.dump(stats, fh, indent=2)
+    schema.save(os.path.join(directory, SCHEMA_FILE))
+
+
+def build_prepared_dir(
+    directory: str | os.PathLike,
+    fill,
+    *,
+    overwrite: bool = False,
+    raw_inputs: dict[str, str] | None = None,
+    dataset_config: dict | None = None,
+) -> str:
+    """Builds a prepared-dataset directory atomically: ``fill(tmp)`` writes the data files into a temporary
+    directory beside the target, then the manifest is written and the directory renamed into place.
+
+    Args:
+        directory: the target directory; must not exist unless ``overwrite``.
+        fill: called with the temporary directory; writes the split shards and :func:`write_metadata`.
+        overwrite, raw_inputs, dataset_config: as :func:`write_prepared`.
+
+    Returns:
+        The directory path.
+    """
+    directory = os.path.abspath(os.fspath(directory))
     if os.path.exists(directory) and not overwrite:
         raise FileExistsError(f"prepared dataset directory already exists: {directory} (use overwrite=True)")
     parent = os.path.dirname(directory)
@@ -162,17 +213,7 @@ def write_prepared(
     remove_stale_temp_dirs(directory)
     tmp = tempfile.mkdtemp(prefix=f"{_temp_prefix(directory, 'tmp')}{os.getpid()}-", dir=parent)
     try:
-        stats = dict(encoded.stats)
-        for split in SPLITS:
-            stats[f"{split}_records"] = _write_split(encoded, split, os.path.join(tmp, split), num_shards)
-        os.makedirs(os.path.join(tmp, VOCAB_DIR))
-        for name, tokens in encoded.vocabularies.items():
-            with open(os.path.join(tmp, VOCAB_DIR, f"{name}.txt"), "w") as fh:
-                fh.write("\n".join(tokens) + "\n")
-        _save_npz(os.path.join(tmp, ITEM_FEATURES_FILE), encoded.item_feature_tables)
-        with open(os.path.join(tmp, STATS_FILE), "w") as fh:
-            json.dump(stats, fh, indent=2)
-        encoded.schema.save(os.path.join(tmp, SCHEMA_FILE))
+        fill(tmp)
         manifest_lib.write_manifest(tmp, raw_inputs=raw_inputs, dataset_config=dataset_config)
         os.chmod(tmp, 0o755)
         if os.path.exists(directory):

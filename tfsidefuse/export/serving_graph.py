@@ -166,7 +166,8 @@ class ServingGraph:
 
         cls = type(self.model)
         return all(
-            getattr(cls, name, None) is getattr(NextItemModel, name, None) for name in ("call", "_logits", "top_k")
+            getattr(cls, name, None) is getattr(NextItemModel, name, None)
+            for name in ("call", "_logits", "top_k", "scoring_vectors", "item_bias", "score_items")
         )
 
     def endpoints(self) -> dict[str, tuple]:

@@ -10,6 +10,7 @@ from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.layers.non_invasive_attention import NonInvasiveAttention
 from tfsidefuse.layers.orthogonal_basis import OrthogonalBasis
 from tfsidefuse.layers.position_embedding import PositionEmbedding
+from tfsidefuse.layers.sampled_softmax import AccidentalHitRemoval, SampledSoftmax
 from tfsidefuse.layers.self_attention import SelfAttention
 from tfsidefuse.layers.side_feature_embedding import SideFeatureEmbedding
 from tfsidefuse.layers.side_fused_attention import SideFusedAttention
@@ -17,6 +18,7 @@ from tfsidefuse.layers.side_information_embedding import SideInformationEmbeddin
 from tfsidefuse.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "AccidentalHitRemoval",
     "DecoupledAttention",
     "EmbeddingFusion",
     "FusedAttention",
@@ -26,6 +28,7 @@ __all__ = [
     "NonInvasiveAttention",
     "OrthogonalBasis",
     "PositionEmbedding",
+    "SampledSoftmax",
     "SelfAttention",
     "SideFeatureEmbedding",
     "SideFusedAttention",

@@ -275,8 +275,12 @@ class DecoupledAttention(keras.layers.Layer):
         length = sources[0].shape[-1]
         if length is None:
             width = ops.minimum(ops.shape(sources[0])[-1], self.max_len)
-        else:
+        elif isinstance(length, int):
             width = min(length, self.max_len)
+        else:
+            # A symbolic dimension (JAX traces a symbolic call with shape polymorphism): the full rows, which
+            # give the same values.
+            width = self.max_len
         # slot_to_position[b, j, q] = 1 iff key j is real and at position q: an exact re-indexing.
         slot_to_position = ops.one_hot(positions, width, dtype=self.compute_dtype)
         slot_to_position = slot_to_position * ops.cast(ops.expand_dims(key_valid, -1), slot_to_position.dtype)

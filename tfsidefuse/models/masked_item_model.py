@@ -70,12 +70,16 @@ class MaskedItemModel(NextItemModel):
         exclude_history: at inference, never recommend items already in the
             input sequence.
         seed: seed of the masking `SeedGenerator`; `None` draws one.
-        **kwargs: standard model arguments (`name`, `dtype`, `trainable`).
+        **kwargs: `train_metrics` and `sampled_softmax` (see `NextItemModel`;
+            with `sampled_softmax` the masked slots are trained against the
+            target and the step's sampled negatives), and the standard model
+            arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
         inputs: dict with `"item_ids"` `[batch, seq_len]` (left-padded) and
             the other inputs the backbone uses.
-        training: bool; `True` masks the inputs and returns the logits at
+        training: bool; `True` masks the inputs and returns the logits (with
+            `sampled_softmax`: the scoring vectors, see `NextItemModel`) at
             the masked slots, `[num_masked, num_items]` (or at every slot,
             `[batch, seq_len, num_items]`, where dynamic shapes cannot be
             compiled: XLA, JAX).
@@ -168,6 +172,7 @@ class MaskedItemModel(NextItemModel):
     def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
         # Read by `compute_metrics`, traced in the same step right after this call.
         object.__setattr__(self, "_training_call", bool(training))
+        object.__setattr__(self, "_returned_vectors", False)
         if training:
             return self._cloze_logits(inputs)
         # Outputs of this call are not Cloze outputs: `compute_loss` must use the given labels.
@@ -182,11 +187,18 @@ class MaskedItemModel(NextItemModel):
     def _num_input_ids(self) -> int:
         return self.backbone.num_items + 1
 
-    def _logits(self, hidden: Any) -> Any:
+    def _inference_hidden(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        inputs = self._sanitize(inputs, keep_last=True)
+        query = self._append_slot(inputs, self.mask_token_id)
+        return inputs[ITEM_IDS_KEY], self.backbone(query, training=False)[:, -1, :]
+
+    def scoring_vectors(self, hidden: Any) -> Any:
         if not self.bert_head:
-            return super()._logits(hidden)
-        hidden = self.head_layer_norm(keras.activations.gelu(self.head_dense(hidden), approximate=False))
-        return super()._logits(hidden) + self.output_bias
+            return hidden
+        return self.head_layer_norm(keras.activations.gelu(self.head_dense(hidden), approximate=False))
+
+    def item_bias(self) -> Any:
+        return self.output_bias if self.bert_head else None
 
     def _append_slot(self, inputs: dict[str, Any], item_id: Any) -> dict[str, Any]:
         """Every sequence input extended by one slot on the right, keeping the most recent `max_len` slots.
@@ -242,6 +254,8 @@ class MaskedItemModel(NextItemModel):
         if self._packs_positions():
             flat = ops.reshape(hidden, (-1, ops.shape(hidden)[-1]))
             hidden = ops.take(flat, self._scored_slots(masked, labels), axis=0)
+        if self.sampled_softmax is not None:
+            return self._sampled_training_output(hidden)
         return self._logits(hidden)
 
     def _slot_labels(self, x: Any, y: Any) -> Any:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
-from tfsidefuse.data.schema import NUM_RESERVED_IDS
+from tfsidefuse import replicas
+from tfsidefuse.data.schema import NUM_RESERVED_IDS, OOV_ID, PAD_ID
+from tfsidefuse.layers.sampled_softmax import SampledSoftmax
 from tfsidefuse.losses import NextItemCrossEntropy
 from tfsidefuse.metrics import ranking_metrics, shared_ranks
 from tfsidefuse.models.backbone import Backbone
@@ -60,6 +63,13 @@ class NextItemModel(keras.Model):
         train_metrics: also compute the compiled metrics on the training
             batches in `fit` (the training logs then carry `hr@10` etc.
             beside `loss`). Off by default: only the loss is tracked there.
+        sampled_softmax: a `tfsidefuse.layers.SampledSoftmax` to train with
+            the sampled softmax instead of the full one: in `fit`, `call`
+            returns the scored vectors (`[slots, d]`, the inputs of
+            `score_items`) and the loss scores them against each slot's
+            target and the step's shared sampled negatives (the compiled
+            loss then serves evaluation only, where every item is ranked).
+            `None` (default): the full softmax.
         **kwargs: standard model arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -90,6 +100,7 @@ class NextItemModel(keras.Model):
         train_on: str = "all_positions",
         exclude_history: bool = False,
         train_metrics: bool = False,
+        sampled_softmax: SampledSoftmax | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -101,6 +112,18 @@ class NextItemModel(keras.Model):
             raise ValueError(f"`exclude_history` must be a bool. Received: exclude_history={exclude_history!r}")
         if not isinstance(train_metrics, bool):
             raise ValueError(f"`train_metrics` must be a bool. Received: train_metrics={train_metrics!r}")
+        if sampled_softmax is not None:
+            if not isinstance(sampled_softmax, SampledSoftmax):
+                raise ValueError(
+                    "`sampled_softmax` must be a `tfsidefuse.layers.SampledSoftmax` or None. "
+                    f"Received: sampled_softmax={sampled_softmax!r}"
+                )
+            if sampled_softmax.num_items != backbone.num_items:
+                raise ValueError(
+                    f"`sampled_softmax` samples from {sampled_softmax.num_items} item ids but the backbone has "
+                    f"num_items={backbone.num_items}"
+                )
+        self.sampled_softmax = sampled_softmax
         self.backbone = backbone
         self.train_on = train_on
         self.exclude_history = exclude_history
@@ -113,12 +136,15 @@ class NextItemModel(keras.Model):
 
     def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
         packed = False
+        sampled = False
         if all_positions is None:
             all_positions = bool(training) and self.train_on == "all_positions"
             packed = all_positions and self._packs_positions()
+            sampled = bool(training) and self.sampled_softmax is not None
         inputs = self._sanitize(inputs, keep_last=not all_positions)
         # Read by `compute_metrics`, traced in the same step right after this call.
         object.__setattr__(self, "_training_call", bool(training))
+        object.__setattr__(self, "_returned_vectors", False)
         if not all_positions and self.backbone.supports_last_position_only:
             hidden = self.backbone(inputs, training=training, last_position_only=True)  # [batch, 1, d]
         else:
@@ -132,6 +158,8 @@ class NextItemModel(keras.Model):
             hidden = ops.take(flat, self._real_slots(inputs), axis=0)
         elif not all_positions:
             hidden = hidden[:, -1, :]
+        if sampled:
+            return self._sampled_training_output(hidden)
         logits = self._logits(hidden)
         if all_positions or training:
             return logits
@@ -139,8 +167,239 @@ class NextItemModel(keras.Model):
 
     def _logits(self, hidden: Any) -> Any:
         """Float32 scores `H E^T` of hidden states `[..., d]` against the item table, `[..., num_items]`."""
-        table = ops.cast(self.backbone.item_table(), hidden.dtype)
-        return ops.cast(ops.matmul(hidden, ops.transpose(table)), "float32")
+        return self.score_items(self.scoring_vectors(hidden))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Scoring: every logit of the task is `score_items(scoring_vectors(hidden))`, or a part of it.
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def scoring_vectors(self, hidden: Any) -> Any:
+        """The vectors `[..., d]` that are scored against the item table, from hidden states `[..., d]`.
+
+        The hidden states themselves here; a task with an output head applies it.
+        """
+        return hidden
+
+    def item_bias(self) -> Any:
+        """A per-item output bias `[num_items]` added to the scores, or `None` (here: none)."""
+        return None
+
+    def score_items(self, vectors: Any, start: int | Any = 0, stop: int | Any | None = None, table: Any = None) -> Any:
+        """Float32 scores of scoring vectors `[..., d]` against the items `start .. stop - 1`, `[..., stop - start]`.
+
+        `score_items(scoring_vectors(h))` are the logits of `call`; a block of
+        columns of them is `score_items(v, start, stop)`, so that the items can
+        be ranked a block at a time.
+
+        Args:
+            vectors: the output of `scoring_vectors`, `[..., d]`.
+            start: the first item id scored.
+            stop: one past the last item id scored; `None` for `num_items`.
+            table: the backbone's `item_table()`, when already computed.
+        """
+        table = self.backbone.item_table() if table is None else table
+        if isinstance(start, int) and start == 0 and stop is None:
+            bias = self.item_bias()
+            scores = ops.cast(ops.matmul(vectors, ops.transpose(ops.cast(table, vectors.dtype))), "float32")
+            return scores if bias is None else scores + bias
+        stop = self.backbone.num_items if stop is None else stop
+        return self._score_slice(vectors, start, stop - start, table)
+
+    def _score_slice(self, vectors: Any, start: int | Any, size: int, table: Any) -> Any:
+        """`score_items` of the `size` items from `start` (an int or a scalar int tensor: a dynamic slice)."""
+        table = ops.convert_to_tensor(table)
+        rows = ops.slice(table, (start, 0), (size, ops.shape(table)[1]))
+        scores = ops.cast(ops.matmul(vectors, ops.transpose(ops.cast(rows, vectors.dtype))), "float32")
+        bias = self.item_bias()
+        return scores if bias is None else scores + ops.slice(ops.convert_to_tensor(bias), (start,), (size,))
+
+    def score_item_ids(self, vectors: Any, item_ids: Any, table: Any = None) -> Any:
+        """Float32 scores of scoring vectors `[n, d]` against the items `item_ids [k]`, shared by the rows, `[n, k]`."""
+        table = self.backbone.item_table() if table is None else table
+        rows = ops.cast(ops.take(table, item_ids, axis=0), vectors.dtype)
+        scores = ops.cast(ops.matmul(vectors, ops.transpose(rows)), "float32")
+        bias = self.item_bias()
+        return scores if bias is None else scores + ops.take(bias, item_ids, axis=0)
+
+    def score_targets(self, vectors: Any, item_ids: Any, table: Any = None) -> Any:
+        """Float32 score of each scoring vector `[n, d]` against its own item `item_ids [n]`, `[n]`."""
+        table = self.backbone.item_table() if table is None else table
+        rows = ops.cast(ops.take(table, item_ids, axis=0), vectors.dtype)
+        scores = ops.cast(ops.einsum("nd,nd->n", vectors, rows), "float32")
+        bias = self.item_bias()
+        return scores if bias is None else scores + ops.take(bias, item_ids, axis=0)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Ranking a block of items at a time
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _inference_hidden(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        """The sanitized item ids and the hidden state scored at inference, `[batch, d]`: after the last item."""
+        inputs = self._sanitize(inputs, keep_last=True)
+        if self.backbone.supports_last_position_only:
+            hidden = self.backbone(inputs, training=False, last_position_only=True)
+        else:
+            hidden = self.backbone(inputs, training=False)
+        return inputs["item_ids"], hidden[:, -1, :]
+
+    def rank_in_blocks(
+        self,
+        inputs: dict[str, Any],
+        labels: Any = None,
+        item_block: int = 4096,
+        k: int = 0,
+        excluded_ids: tuple[int, ...] = (PAD_ID, OOV_ID),
+    ) -> dict[str, Any]:
+        """Full ranking after the last position, scoring `item_block` items at a time.
+
+        The hidden states are computed once; the items are then scored a
+        block of `item_block` columns at a time (`score_items`, the float32
+        logits of `call` with its exclusions: padding, OOV and, with
+        `exclude_history`, the history at `-1e9`), and only per-example
+        summaries are kept across blocks, so that memory grows with
+        `batch x item_block` instead of `batch x num_items`:
+
+        - `rank` (with `labels`): `1 + #{i not in excluded_ids, i != y:
+          z_i > z_y}`, the optimistic rank of `tfsidefuse.metrics.target_ranks`
+          (ties count for the target; `excluded_ids` never rank);
+        - `target_logit` and `log_normalizer` (with `labels`): `z_y` and
+          `logsumexp_i z_i` (a running maximum and sum), whose difference is
+          the full-softmax cross-entropy;
+        - `top_scores`, `top_ids` (with `k > 0`): the running top `k`, best
+          first, ties to the lower id as `ops.top_k` over all items.
+
+        Args:
+            inputs: the model's input dict.
+            labels: target ids `[batch]` (or `[batch, 1]`), or `None` for the top `k` only.
+            item_block: items scored per block (the last block holds the rest).
+            k: size of the running top-k list; 0 for none.
+            excluded_ids: item ids that never take part in the rank.
+
+        Returns:
+            dict with the entries above, each `[batch]` or `[batch, k]`.
+        """
+        if isinstance(item_block, bool) or not isinstance(item_block, int) or item_block < 1:
+            raise ValueError(f"`item_block` must be a positive int. Received: item_block={item_block!r}")
+        num_items = self.backbone.num_items
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= num_items:
+            raise ValueError(f"`k` must be an int in [0, num_items={num_items}]. Received: k={k!r}")
+        item_ids, hidden = self._inference_hidden(inputs)
+        vectors = self.scoring_vectors(hidden)
+        table = self.backbone.item_table()
+        batch_size = ops.shape(vectors)[0]
+        block = min(item_block, num_items)
+        excluded = sorted(set(excluded_ids))
+        out: dict[str, Any] = {}
+
+        target = None
+        if labels is not None:
+            labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+            target_ids = ops.clip(labels, 0, num_items - 1)
+            target = self.score_targets(vectors, target_ids, table)
+            # The target's logit as `_exclude` leaves it.
+            target_hidden = target_ids < NUM_RESERVED_IDS
+            if self.exclude_history:
+                in_history = ops.any(ops.equal(item_ids, ops.expand_dims(target_ids, 1)), axis=1)
+                target_hidden = ops.logical_or(target_hidden, in_history)
+            target = ops.where(target_hidden, EXCLUDED_LOGIT, target)
+
+        def update(state: tuple, start: Any, size: int) -> tuple:
+            better, top, total, top_scores, top_ids = state
+            columns = start + ops.arange(size, dtype="int32")  # [size]
+            scores = self._exclude_block(self._score_slice(vectors, start, size, table), item_ids, start, size)
+            if target is not None:
+                counted = ops.expand_dims(columns, 0) != ops.expand_dims(target_ids, 1)
+                for i in excluded:
+                    counted = ops.logical_and(counted, ops.expand_dims(columns != i, 0))
+                beats = ops.logical_and(scores > ops.expand_dims(target, 1), counted)
+                better = better + ops.sum(ops.cast(beats, "float32"), axis=1)
+                new_top = ops.maximum(top, ops.max(scores, axis=1))
+                total = total * ops.exp(top - new_top) + ops.sum(ops.exp(scores - new_top[:, None]), axis=1)
+                top = new_top
+            if k:
+                ids = ops.broadcast_to(ops.expand_dims(columns, 0), ops.shape(scores))
+                top_scores, positions = ops.top_k(ops.concatenate([top_scores, scores], axis=1), k=k)
+                top_ids = ops.take_along_axis(ops.concatenate([top_ids, ids], axis=1), positions, axis=1)
+            return better, top, total, top_scores, top_ids
+
+        lowest = float(np.finfo(np.float32).min)
+        state = (
+            ops.zeros((batch_size,), "float32"),
+            ops.full((batch_size,), lowest, "float32"),
+            ops.zeros((batch_size,), "float32"),
+            ops.full((batch_size, k), lowest, "float32"),
+            ops.full((batch_size, k), -1, "int32"),
+        )
+        full_blocks, rest = divmod(num_items, block)
+        if full_blocks == 1:
+            state = update(state, 0, block)
+        elif full_blocks > 1:
+            # A loop, not `full_blocks` independent matmuls: a graph runtime could run those all at once.
+            state = ops.fori_loop(0, full_blocks, lambda i, s: update(s, ops.cast(i, "int32") * block, block), state)
+        if rest:
+            state = update(state, full_blocks * block, rest)
+        better, top, total, top_scores, top_ids = state
+        if target is not None:
+            out.update({"rank": 1.0 + better, "target_logit": target, "log_normalizer": top + ops.log(total)})
+        if k:
+            out.update({"top_scores": top_scores, "top_ids": top_ids})
+        return out
+
+    def _exclude_block(self, scores: Any, item_ids: Any, start: Any, size: int) -> Any:
+        """`_exclude` of the items `start .. start + size - 1` only: scores `[batch, size]`."""
+        columns = start + ops.arange(size, dtype="int32")
+        excluded = ops.expand_dims(columns < NUM_RESERVED_IDS, axis=0)
+        if self.exclude_history:
+            batch_size, seq_len = ops.shape(item_ids)[0], ops.shape(item_ids)[1]
+            local = ops.reshape(ops.cast(item_ids, "int32"), (-1,)) - start
+            # History items outside the block go to an extra column, dropped after the scatter.
+            local = ops.where(ops.logical_and(local >= 0, local < size), local, size)
+            rows = ops.repeat(ops.arange(batch_size, dtype="int32"), seq_len)
+            counts = ops.scatter(ops.stack([rows, local], axis=1), ops.ones_like(local), (batch_size, size + 1))
+            excluded = ops.logical_or(excluded, counts[:, :size] > 0)
+        return ops.where(excluded, EXCLUDED_LOGIT, scores)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Sampled softmax
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _sampled_training_output(self, hidden: Any) -> Any:
+        """The training output with `sampled_softmax`: the scoring vectors; the step's draws are kept for the loss."""
+        # Drawn in the forward pass, where the seed generator's state is updated also in stateless (JAX) steps;
+        # read back by `compute_loss` in the same traced step.
+        object.__setattr__(self, "_sampled_draws", self.sampled_softmax.draw())
+        object.__setattr__(self, "_returned_vectors", True)
+        return self.scoring_vectors(hidden)
+
+    def sampled_softmax_loss(self, vectors: Any, labels: Any, draws: Any, sample_weight: Any = None) -> Any:
+        """The sampled softmax loss of scoring vectors against their targets and the negatives of `draws`.
+
+        Args:
+            vectors: scoring vectors, `[..., d]`.
+            labels: int targets of `vectors`' shape without its last axis (0: no target).
+            draws: the step's uniform numbers, `sampled_softmax.draw()`.
+            sample_weight: optional weights of the labels' shape.
+
+        Returns:
+            float32 scalar: the mean over the slots with a target (weights applied to the sum).
+        """
+        sampler = self.sampled_softmax
+        vectors = ops.reshape(vectors, (-1, ops.shape(vectors)[-1]))
+        labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+        table = self.backbone.item_table()
+        negative_ids = sampler.sample(draws, labels)
+        per_slot = sampler(
+            self.score_targets(vectors, labels, table),
+            self.score_item_ids(vectors, negative_ids, table),
+            labels,
+            negative_ids,
+        )
+        labelled = ops.cast(ops.not_equal(labels, PAD_ID), "float32")
+        weighted = (
+            per_slot if sample_weight is None else per_slot * ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
+        )
+        # Under tf.distribute, the mean over the labelled slots of the whole global batch (`tfsidefuse.replicas`).
+        return ops.divide_no_nan(ops.sum(weighted), replicas.replica_sum(ops.sum(labelled)))
 
     def _num_input_ids(self) -> int:
         """Size of the id space accepted in `item_ids`; larger ids become the OOV id."""
@@ -207,6 +466,12 @@ class NextItemModel(keras.Model):
         """Selects the labels (and weights) of the slots that `call` scored when it packed them."""
         if y is None or len(ops.shape(y)) != 2 or len(ops.shape(y_pred)) != 2:
             return y, sample_weight
+        if not self._packs_positions():
+            # Nothing was packed (JAX, XLA): all-position outputs are [batch, T, items]. Two-dimensional labels
+            # with a [batch, items] output only meet in Keras' symbolic build, which on JAX pairs the training
+            # labels with an inference output (the last position): its labels are then the last column.
+            last_column = sample_weight is not None and len(ops.shape(sample_weight)) == 2
+            return y[:, -1], (sample_weight[:, -1] if last_column else sample_weight)
         slots = self._scored_slots(x, y)
         y = ops.take(ops.reshape(y, (-1,)), slots, axis=0)
         if sample_weight is not None and len(ops.shape(sample_weight)) == 2:
@@ -214,19 +479,37 @@ class NextItemModel(keras.Model):
         return y, sample_weight
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Under tf.distribute, a training step's loss is the mean over the labelled slots of the global batch.
+        with replicas.training_step(training):
+            return self._compute_loss_in_step(x, y, y_pred, sample_weight, training)
+
+    def _compute_loss_in_step(self, x, y, y_pred, sample_weight, training):
         labels = self._slot_labels(x, y)
         y, sample_weight = self._pack(x, labels, y_pred, sample_weight)
-        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        draws = getattr(self, "_sampled_draws", None)
+        if training and draws is not None and y is not None:
+            # `y_pred` holds the scoring vectors of the slots (see `_sampled_training_output`).
+            object.__setattr__(self, "_sampled_draws", None)
+            loss = self.sampled_softmax_loss(y_pred, y, draws, sample_weight)
+            for extra in self.losses:
+                loss = loss + ops.cast(self._aggregate_additional_loss(extra), loss.dtype)
+        else:
+            loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
         context = getattr(self, "_training_context", None)
         if training and labels is not None and context is not None:
             object.__setattr__(self, "_training_context", None)
             inputs, hidden = context
             for value in self.backbone.auxiliary_loss(inputs, labels, hidden).values():
-                loss = loss + ops.cast(value, loss.dtype)
+                # Divided by the replicas under tf.distribute, as Keras divides the next-item loss.
+                loss = loss + replicas.per_replica_share(ops.cast(value, loss.dtype))
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        skip = getattr(self, "_training_call", False) and not self.train_metrics
+        training_call = getattr(self, "_training_call", False)
+        if training_call and getattr(self, "_returned_vectors", False) and self.train_metrics:
+            # Sampled-softmax training returned the scoring vectors: the metrics rank every item.
+            y_pred = self.score_items(y_pred)
+        skip = training_call and not self.train_metrics
         if skip and (self._compile_metrics is None or self._compile_metrics.built):
             # A training step: only the loss (tracked by the trainer itself), no label packing.
             return {m.name: m.result() for m in self.metrics if m.name == "loss"}
@@ -250,18 +533,25 @@ class NextItemModel(keras.Model):
             excluded = ops.logical_or(excluded, counts > 0)
         return ops.where(excluded, EXCLUDED_LOGIT, logits)
 
-    def top_k(self, inputs: dict[str, Any], k: int = 10) -> tuple[Any, Any]:
+    def top_k(self, inputs: dict[str, Any], k: int = 10, item_block: int | None = None) -> tuple[Any, Any]:
         """The `k` best items after the last position of each sequence.
 
         Args:
             inputs: the model's input dict.
             k: number of items to return.
+            item_block: score this many items at a time, keeping a running
+                top `k` (`rank_in_blocks`), for catalogues whose
+                `[batch, num_items]` scores do not fit in memory; `None`
+                scores all items at once. The result is the same.
 
         Returns:
             `(scores, ids)`, both `[batch, k]`, best first; padding and OOV
             (and, with `exclude_history`, history items) are never returned
             unless fewer than `k` other items exist.
         """
+        if item_block is not None:
+            ranked = self.rank_in_blocks(inputs, item_block=item_block, k=k)
+            return ranked["top_scores"], ranked["top_ids"]
         logits = self(inputs, training=False, all_positions=False)
         return ops.top_k(logits, k=k)
 
@@ -311,6 +601,9 @@ class NextItemModel(keras.Model):
             "train_on": self.train_on,
             "exclude_history": self.exclude_history,
             "train_metrics": self.train_metrics,
+            "sampled_softmax": (
+                None if self.sampled_softmax is None else keras.saving.serialize_keras_object(self.sampled_softmax)
+            ),
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
@@ -320,4 +613,6 @@ class NextItemModel(keras.Model):
     def from_config(cls, config: dict[str, Any]) -> NextItemModel:
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("sampled_softmax") is not None:
+            config["sampled_softmax"] = keras.saving.deserialize_keras_object(config["sampled_softmax"])
         return cls(**config)

@@ -174,6 +174,7 @@ def build_model(
     train_on: str = "all_positions",
     exclude_history: bool = False,
     train_metrics: bool = False,
+    sampled_softmax=None,
 ) -> NextItemModel:
     """A :class:`NextItemModel` around the named backbone.
 
@@ -183,7 +184,8 @@ def build_model(
     ``ft_ratio``, ...) from ``params``; it trains on either objective
     (``train_on`` only says which labels the data carry, and Cloze training
     uses their last item). ``train_metrics`` also computes the ranking metrics
-    on the training batches (see :class:`NextItemModel`).
+    on the training batches (see :class:`NextItemModel`); ``sampled_softmax`` (a
+    :class:`~tfsidefuse.layers.SampledSoftmax`) trains with the sampled softmax instead of the full one.
 
     ``prepared`` (a :class:`~tfsidefuse.data.prepared.PreparedDataset`) gives
     the schema and the item-feature tables in one argument; ``schema`` and
@@ -206,6 +208,18 @@ def build_model(
     params, task_params = split_task_params(name, params)
     if is_cloze(name):
         backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)
-        return MaskedItemModel(backbone, exclude_history=exclude_history, train_metrics=train_metrics, **task_params)
+        return MaskedItemModel(
+            backbone,
+            exclude_history=exclude_history,
+            train_metrics=train_metrics,
+            sampled_softmax=sampled_softmax,
+            **task_params,
+        )
     backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)
-    return NextItemModel(backbone, train_on=train_on, exclude_history=exclude_history, train_metrics=train_metrics)
+    return NextItemModel(
+        backbone,
+        train_on=train_on,
+        exclude_history=exclude_history,
+        train_metrics=train_metrics,
+        sampled_softmax=sampled_softmax,
+    )

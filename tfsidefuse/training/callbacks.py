@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -44,6 +45,27 @@ def cosine_learning_rate(epoch: int, epochs: int, learning_rate: float, min_lear
     ``min_learning_rate``, which epoch ``epochs`` would reach.
     """
     return min_learning_rate + (learning_rate - min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore` whose backup files are replaced whole: a process killed while it writes them
+    leaves the previous backup (or none), never a truncated weights file that the resumed run cannot read.
+
+    Args:
+        backup_dir: the directory of the backup.
+    """
+
+    def _save_model(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        pid = os.getpid()
+        weights_tmp = os.path.join(self.backup_dir, f".latest.tmp-{pid}.weights.h5")
+        meta_tmp = os.path.join(self.backup_dir, f".training_metadata.tmp-{pid}.json")
+        self.model.save_weights(weights_tmp, overwrite=True)
+        with open(meta_tmp, "w") as fh:
+            fh.write(json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        # The weights first: a kill between the two renames resumes the newer weights at the older epoch count.
+        os.replace(weights_tmp, self._weights_path)
+        os.replace(meta_tmp, self._training_metadata_path)
 
 
 class TrainingTimer(keras.callbacks.Callback):
@@ -118,7 +140,7 @@ def default_callbacks(training_config, examples_per_epoch: int = 0) -> list[kera
     return [
         TrainingTimer(examples_per_epoch),
         *schedule,
-        keras.callbacks.BackupAndRestore(backup_dir),
+        AtomicBackupAndRestore(backup_dir),
         *averaging,
         ValidationEarlyStopping(
             monitor=monitor,

@@ -23,8 +23,9 @@ from tfsidefuse.data.ingest import encode
 from tfsidefuse.data.pipeline import count_examples, make_dataset, reading
 from tfsidefuse.data.prepared import SCHEMA_FILE, PreparedDataset, remove_stale_temp_dirs, write_prepared
 from tfsidefuse.errors import PreparedDataError, RunDirError
-from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular
+from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular, item_popularity
 from tfsidefuse.models.registry import BACKBONES, build_model, is_cloze
+from tfsidefuse.training import distribution
 from tfsidefuse.training.callbacks import HISTORY_PARTIAL_FILE, TrainingTimer, default_callbacks
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ def read_raw(dataset_config):
         return readers.read_recbole(dataset_config.path, name=dataset_config.name)
     if src == "tfds":
         return readers.read_tfds_movielens(dataset_config.name or "movielens/100k-ratings")
+    if src in ("csv", "parquet"):
+        from tfsidefuse.data.partitioned import read_partitioned
+
+        return read_partitioned(dataset_config.path, src, dataset_config.columns, name=dataset_config.name)
     raise ValueError(f"dataset.source {src!r} cannot be read as raw data")
 
 
@@ -69,11 +74,25 @@ def raw_input_files(dataset_config) -> list[str] | None:
             for ext in (".inter", ".item")
             if ext == ".inter" or os.path.exists(os.path.join(path, f"{stem}{ext}"))
         ]
+    if src in ("csv", "parquet"):
+        from tfsidefuse.data.partitioned import list_partitions
+
+        return list_partitions(path)
     return None  # demo data come from the config's parameters; tfds datasets are versioned by name
 
 
-def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
+def prepare(
+    config: RunConfig,
+    *,
+    overwrite: bool = False,
+    runner: str | None = None,
+    pipeline_options: dict | list | None = None,
+) -> PreparedDataset:
     """Writes the prepared dataset of a config, or reuses it if it is up to date.
+
+    With ``runner`` (a Beam runner: ``DirectRunner``, ``DataflowRunner``, ``FlinkRunner``, ...) the dataset is
+    written by Apache Beam pipelines (:mod:`tfsidefuse.data.beam_prepare`; ``pipeline_options`` are passed to
+    Beam), with the same content as the in-process path; without, in this process with pandas.
 
     A prepared directory's manifest records the dataset section and the hashes of the raw files it was made
     from. It is reused only when both are unchanged; otherwise the call fails (naming what changed) unless
@@ -90,6 +109,8 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
     remove_stale_temp_dirs(target)
     # Through JSON, as the manifest keeps it: tuples and lists compare equal.
     dataset_config = json.loads(json.dumps(dataclasses.asdict(ds_cfg)))
+    if dataset_config.get("columns") is None:
+        dataset_config.pop("columns", None)  # only partitioned sources have it: older manifests stay current
     paths = raw_input_files(ds_cfg)
     raw = manifest_lib.raw_inputs(paths) if paths is not None else None
     if os.path.exists(target) and not overwrite:
@@ -115,6 +136,20 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
             )
         logger.info("reusing prepared dataset %s", target)
         return PreparedDataset.open(target)
+    if runner is not None:
+        from tfsidefuse.data.beam_prepare import run_beam_prepare
+
+        run_beam_prepare(
+            ds_cfg,
+            target,
+            raw=None if ds_cfg.source in ("csv", "parquet") else read_raw(ds_cfg),
+            runner=runner,
+            options=pipeline_options,
+            overwrite=overwrite or os.path.exists(target),
+            raw_inputs=raw,
+            dataset_config=dataset_config,
+        )
+        return PreparedDataset.open(target)
     raw_data = read_raw(ds_cfg)
     encoded = encode(raw_data, max_len=ds_cfg.max_len, k_core=ds_cfg.k_core, features=ds_cfg.features)
     write_prepared(
@@ -131,6 +166,7 @@ def prepare(config: RunConfig, *, overwrite: bool = False) -> PreparedDataset:
 def create_model(config: RunConfig, prepared: PreparedDataset):
     """The compiled model of a config for a prepared dataset."""
     t = config.training
+    sampled_softmax = make_sampled_softmax(t, prepared)
     policy = keras.config.dtype_policy()
     try:
         if t.mixed_precision:
@@ -144,6 +180,7 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
             train_on="last_position" if t.objective == "prefix" else "all_positions",  # all_targets: per position
             exclude_history=t.exclude_history,
             train_metrics=t.train_metrics,
+            sampled_softmax=sampled_softmax,
         )
     except ValueError as err:  # e.g. a feature the dataset does not have
         raise ConfigError(f"model: {err}") from err
@@ -155,6 +192,38 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
     model(dummy)
     model.compile(optimizer=make_optimizer(t, model), jit_compile=t.jit_compile)
     return model
+
+
+def make_sampled_softmax(training_config, prepared: PreparedDataset):
+    """The :class:`~tfsidefuse.layers.SampledSoftmax` of ``training.loss: sampled_softmax``, or ``None``.
+
+    The ``popularity`` and ``log_uniform`` samplers take the items' training counts from the prepared dataset
+    (:func:`~tfsidefuse.evaluation.item_popularity`).
+
+    Raises:
+        ConfigError: ``num_negatives`` not below the number of items.
+    """
+    t = training_config
+    if t.loss != "sampled_softmax":
+        return None
+    from tfsidefuse.layers.sampled_softmax import COUNT_SAMPLERS, SampledSoftmax
+
+    num_items = prepared.schema.num_items
+    if t.negatives() >= num_items:
+        raise ConfigError(
+            f"training.num_negatives must be below the number of item ids of {prepared.directory} "
+            f"({num_items}), got {t.negatives()!r}"
+        )
+    sampler = t.sampler()
+    return SampledSoftmax(
+        num_items=num_items,
+        num_negatives=t.negatives(),
+        sampler=sampler,
+        sampler_exponent=1.0 if t.sampler_exponent is None else t.sampler_exponent,
+        item_counts=item_popularity(prepared) if sampler in COUNT_SAMPLERS else None,
+        hard_negatives=t.hard_negatives,
+        seed=t.seed,
+    )
 
 
 def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Optimizer:
@@ -335,22 +404,51 @@ def train(
     config.validate()
     t = config.training
     run_dir = t.run_dir
-    check_run_dir(run_dir, config, overwrite=overwrite)
-    prepared = prepared or prepare(config)
+    # A multi-worker strategy configures TensorFlow's collectives: it comes before any other TensorFlow work.
+    strategy = distribution.make_strategy(t.distribution, t.devices)
+    chief = distribution.is_chief(t.distribution)
+    if chief:
+        check_run_dir(run_dir, config, overwrite=overwrite)
+        # The workers of a multi-worker run read the dataset that `prepare` wrote before they started.
+        prepared = prepared or (prepare(config) if t.distribution != "multi_worker" else None)
+    prepared = prepared or _open_prepared_for_worker(config)
     keras.utils.set_random_seed(t.seed)
+    with distribution.scope(t.distribution, strategy):
+        return _train_in_scope(config, prepared, strategy, chief, evaluate_test, callbacks, overwrite)
 
+
+def _open_prepared_for_worker(config: RunConfig) -> PreparedDataset:
+    """The prepared dataset a worker of a multi-worker run reads: it must exist (one ``prepare`` before the run)."""
+    target = config.dataset.prepared_dir
+    if not os.path.exists(os.path.join(target, SCHEMA_FILE)):
+        raise PreparedDataError(
+            f"dataset.prepared_dir {target!r} is not prepared: with training.distribution='multi_worker', run "
+            "`tfsidefuse prepare` once before starting the workers"
+        )
+    return PreparedDataset.open(target)
+
+
+def _train_in_scope(config, prepared, strategy, chief, evaluate_test, callbacks, overwrite) -> TrainResult:
+    """The body of :func:`train`, inside the distribution's scope; only the chief writes the run directory."""
+    t = config.training
+    run_dir = t.run_dir
     train_ds, valid_ds = training_datasets(config, prepared)
     model = create_model(config, prepared)
+    distribution.build_state(model, next(iter(valid_ds.take(1))), strategy)
     per_epoch = count_examples(prepared, "train", t.objective, prepared.schema.max_len)
 
-    # Everything is checked: from here on the run directory is written.
-    os.makedirs(run_dir, exist_ok=True)
-    manifest_lib.remove_stale_temp_files(run_dir)  # of a run killed while it saved
-    saved = _saved_config(run_dir)
-    if overwrite and saved is not None and _changed_keys(saved, config.to_dict()):
-        _clear_run_dir(run_dir)
-    manifest_lib.atomic_write_text(os.path.join(run_dir, CONFIG_FILE), _config_text(config))
-    callbacks = default_callbacks(t, examples_per_epoch=per_epoch) + list(callbacks or [])
+    # Everything is checked: from here on the run directory is written (by the chief; every other worker keeps
+    # its own backup and logs under <run_dir>/.workers/).
+    own_dir = run_dir if chief else distribution.worker_dir(run_dir, t.distribution)
+    os.makedirs(own_dir, exist_ok=True)
+    if chief:
+        manifest_lib.remove_stale_temp_files(run_dir)  # of a run killed while it saved
+        saved = _saved_config(run_dir)
+        if overwrite and saved is not None and _changed_keys(saved, config.to_dict()):
+            _clear_run_dir(run_dir)
+        manifest_lib.atomic_write_text(os.path.join(run_dir, CONFIG_FILE), _config_text(config))
+    own = t if chief else dataclasses.replace(t, run_dir=own_dir)
+    callbacks = default_callbacks(own, examples_per_epoch=per_epoch) + list(callbacks or [])
 
     start = time.perf_counter()
     with reading(prepared):
@@ -380,13 +478,24 @@ def train(
         "train_seconds": round(timing.train_seconds, 2),
         "train_sequences": timing.examples,
         "train_sequences_per_second": round(timing.examples / max(timing.train_seconds, 1e-9), 1),
-        "valid": evaluate_model(model, prepared, "valid", batch_size=t.eval_batch_size),
+        "valid": evaluate_model(model, prepared, "valid", batch_size=t.eval_batch_size, item_block=t.eval_item_block),
     }
     if evaluate_test:
-        metrics["test"] = evaluate_model(model, prepared, "test", batch_size=t.eval_batch_size)
+        metrics["test"] = evaluate_model(
+            model, prepared, "test", batch_size=t.eval_batch_size, item_block=t.eval_item_block
+        )
     # What the model was trained on and with: `evaluate` and `export` check both before they use the model.
     metrics["dataset_fingerprint"] = prepared.fingerprint
     metrics["config_sha256"] = hashlib.sha256(_config_text(config).encode()).hexdigest()
+    if t.distribution not in (None, "none"):
+        metrics["replicas"] = distribution.replica_count(t.distribution, strategy)
+    if not chief:
+        # Saving runs collective operations that every worker joins; a worker other than the chief saves to its
+        # own directory and removes the copy.
+        copy = os.path.join(own_dir, MODEL_FILE)
+        _save_model(model, copy)
+        os.remove(copy)
+        return TrainResult(model=model, history=dict(history.history), metrics=metrics)
     # The model first, then the metrics that describe it: a run killed in between has no metrics.json, and
     # `evaluate` / `export` never pair a new model with old metrics or an old config.
     if os.path.exists(os.path.join(run_dir, METRICS_FILE)):
@@ -464,7 +573,11 @@ def evaluate(config: RunConfig, split: str = "test", *, with_baseline: bool = Tr
     model = load_trained(run_dir, prepared)
     rows = {
         f"{config.model.name} ({split})": evaluate_model(
-            model, prepared, split, batch_size=config.training.eval_batch_size
+            model,
+            prepared,
+            split,
+            batch_size=config.training.eval_batch_size,
+            item_block=config.training.eval_item_block,
         )
     }
     if with_baseline:

@@ -1,0 +1,249 @@
+"""Distributed training with real processes: MirroredStrategy over two logical CPUs, and two
+MultiWorkerMirroredStrategy workers talking over 127.0.0.1, each against one process on the same global batch."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import tfsidefuse
+from tfsidefuse.config import ConfigError
+from tfsidefuse.training import distribution, trainer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+RUNNER = os.path.join(HERE, "distributed_run.py")
+# Weights after the same steps: one process and two replicas sum the same gradients in another order.
+WEIGHT_TOLERANCE = 1e-4
+METRIC_TOLERANCE = 1e-4
+
+
+def config_dict(tmp_path, run_name: str, **training) -> dict:
+    return {
+        "dataset": {
+            "source": "demo",
+            "prepared_dir": str(tmp_path / "data"),
+            "max_len": 20,
+            "num_shards": 2,
+            "demo": {"num_users": 600, "num_items": 150, "seed": 3},
+        },
+        # No dropout: the replicas of a step draw other dropout masks than one process.
+        "model": {
+            "name": "sasrec",
+            "hidden_dim": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "ff_dim": 64,
+            "dropout": 0.0,
+            "attention_dropout": 0.0,
+        },
+        "training": {
+            "run_dir": str(tmp_path / run_name),
+            "epochs": 2,
+            "batch_size": 64,
+            "learning_rate": 3e-3,
+            "verbose": 0,
+            "seed": 5,
+            **training,
+        },
+    }
+
+
+def write_config(tmp_path, run_name: str, **training) -> str:
+    path = tmp_path / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp_path, run_name, **training)))
+    return str(path)
+
+
+def environment(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run_worker(config_path: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, RUNNER, config_path], env=environment(**env), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sockets.append(s)
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    workers = [f"127.0.0.1:{p}" for p in ports]
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+
+
+def start_workers(config_path: str, ports: list[int]) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(
+            [sys.executable, RUNNER, config_path],
+            env=environment(TF_CONFIG=tf_config(ports, i)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(len(ports))
+    ]
+
+
+def wait_all(procs: list[subprocess.Popen], timeout: int = 600) -> None:
+    deadline = time.time() + timeout
+    errors = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=max(1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        errors.append(err)
+    failed = [f"worker {i}: {err[-2500:]}" for i, (p, err) in enumerate(zip(procs, errors)) if p.returncode != 0]
+    assert not failed, "\n".join(failed)
+
+
+def saved_weights(run_dir: str) -> list[np.ndarray]:
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    return model.get_weights()
+
+
+def metrics_of(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        return json.load(fh)
+
+
+def assert_same_run(run_dir: str, reference_dir: str) -> None:
+    got, want = saved_weights(run_dir), saved_weights(reference_dir)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=WEIGHT_TOLERANCE, rtol=0)
+    m, ref = metrics_of(run_dir), metrics_of(reference_dir)
+    for split in ("valid", "test"):
+        for key in ("hr@10", "ndcg@20", "mrr", "loss"):
+            assert m[split][key] == pytest.approx(ref[split][key], abs=METRIC_TOLERANCE), (split, key)
+    assert m["epochs_run"] == ref["epochs_run"]
+    assert m["train_sequences"] == ref["train_sequences"]  # every training example once per epoch
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: the config trained by one process on one device; the dataset prepared once for all."""
+    tmp_path = tmp_path_factory.mktemp("distributed")
+    path = write_config(tmp_path, "single")
+    trainer.prepare(tfsidefuse.load_config(path))
+    run_worker(path)
+    return tmp_path, str(tmp_path / "single")
+
+
+def test_mirrored_over_two_devices_matches_one_process(one_process):
+    tmp_path, reference = one_process
+    path = write_config(tmp_path, "mirrored", distribution="mirrored", devices=["/cpu:0", "/cpu:1"])
+    run_worker(path, TFSIDEFUSE_TEST_LOGICAL_CPUS="2")
+    assert_same_run(str(tmp_path / "mirrored"), reference)
+    assert metrics_of(str(tmp_path / "mirrored"))["replicas"] == 2
+
+
+def test_two_workers_on_loopback_match_one_process(one_process):
+    tmp_path, reference = one_process
+    path = write_config(tmp_path, "workers", distribution="multi_worker")
+    wait_all(start_workers(path, free_ports(2)))
+    run_dir = str(tmp_path / "workers")
+    assert_same_run(run_dir, reference)
+    assert metrics_of(run_dir)["replicas"] == 2
+    # Only the chief wrote the run directory; the other worker kept its logs apart and removed its backup.
+    assert set(os.listdir(reference)) <= set(os.listdir(run_dir))
+    other = os.path.join(run_dir, ".workers", "worker-1")
+    assert os.path.isdir(other) and not os.path.exists(os.path.join(other, "model.keras"))
+    assert not os.path.exists(os.path.join(other, "metrics.json"))
+
+
+def test_killed_workers_resume_from_their_backups(one_process):
+    """Both workers killed after the first epoch's backup; restarted, they continue at epoch 2 and finish."""
+    tmp_path, _ = one_process
+    path = write_config(tmp_path, "killed", distribution="multi_worker", epochs=3)
+    run_dir = tmp_path / "killed"
+    procs = start_workers(path, free_ports(2))
+    backups = [run_dir / "backup", run_dir / ".workers" / "worker-1" / "backup"]
+    deadline = time.time() + 300
+    # Backups are renamed into place whole: their metadata file exists once the first epoch is backed up.
+    while not all((b / "training_metadata.json").exists() for b in backups):
+        assert time.time() < deadline, "no backup within 300 s"
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs if p.poll()]
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert not (run_dir / "metrics.json").exists()
+    wait_all(start_workers(path, free_ports(2)))
+    metrics = metrics_of(str(run_dir))
+    assert metrics["epochs_run"] == 3
+    history = (run_dir / "history.csv").read_text().strip().splitlines()
+    epochs = [int(line.split(",")[0]) for line in history[1:]]
+    # Resumed: the first epoch was not trained again (a fresh start would log epoch 0 twice).
+    assert epochs[0] == 0 and epochs[-1] == 2 and len(epochs) == len(set(epochs)), history
+
+
+def test_configuration_errors_name_the_setting(tmp_path, monkeypatch):
+    base = config_dict(tmp_path, "errors")
+    base["training"]["distribution"] = "ring"
+    with pytest.raises(ConfigError, match="training.distribution"):
+        tfsidefuse.as_config(base).validate()
+    base["training"].update(distribution="multi_worker", devices=["/cpu:0"])
+    with pytest.raises(ConfigError, match="training.devices"):
+        tfsidefuse.as_config(base).validate()
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        distribution.check_distribution("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        distribution.check_distribution("multi_worker")
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}})
+    )
+    with pytest.raises(ConfigError, match="index 3"):
+        distribution.check_distribution("multi_worker")
+    with pytest.raises(ConfigError, match="jax"):
+        distribution.check_distribution("data_parallel")
+
+
+def test_chief_is_worker_zero_or_the_chief_task(monkeypatch):
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}})
+    )
+    assert distribution.is_chief("multi_worker")
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 1}})
+    )
+    assert not distribution.is_chief("multi_worker")
+    assert distribution.worker_dir("/r", "multi_worker") == os.path.join("/r", ".workers", "worker-1")
+    cluster = {"chief": ["127.0.0.1:3"], "worker": workers}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert not distribution.is_chief("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
+    assert distribution.is_chief("multi_worker")
+    assert distribution.is_chief("none") and distribution.is_chief(None)

@@ -1,0 +1,201 @@
+"""Training on several devices or hosts with the engines Keras already runs on.
+
+``training.distribution`` picks one:
+
+- ``none`` (default): one device.
+- ``mirrored``: one host, several devices (its GPUs, or the ``devices`` listed), with
+  ``tf.distribute.MirroredStrategy`` (TensorFlow backend).
+- ``multi_worker``: several hosts (or processes), with ``tf.distribute.MultiWorkerMirroredStrategy``, configured
+  by the ``TF_CONFIG`` environment variable of each worker (TensorFlow backend).
+- ``data_parallel``: Keras' own ``keras.distribution.DataParallel`` (JAX backend): the global batch sharded over
+  every local device, or over every device of every host after ``jax.distributed.initialize()``.
+
+``training.batch_size`` is the global batch in every case: ``tf.distribute`` splits each batch of the pipeline
+over the replicas, and the next-item loss is the mean over the labelled slots of the whole global batch
+(:mod:`tfsidefuse.replicas`), so a distributed step computes the same update as one process on the same batch.
+Under ``multi_worker`` every worker reads the same stream of batches and keeps its part of each (tf.data's
+``DATA`` sharding, set by :func:`tfsidefuse.data.pipeline.make_dataset`): every training example, and every user
+of an evaluation, is seen exactly once per pass over the workers together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+
+from tfsidefuse.config import DISTRIBUTIONS
+from tfsidefuse.errors import ConfigError
+
+#: Backends that run each distribution.
+BACKENDS = {"mirrored": "tensorflow", "multi_worker": "tensorflow", "data_parallel": "jax"}
+
+
+def check_distribution(name: str | None, devices: list[str] | None = None) -> None:
+    """Refuses a distribution the active backend or environment cannot run, before anything is built.
+
+    Raises:
+        ConfigError: naming ``training.distribution`` and why.
+    """
+    name = name or "none"
+    if name not in DISTRIBUTIONS:
+        raise ConfigError(f"training.distribution must be one of {list(DISTRIBUTIONS)}, got {name!r}")
+    backend = keras.backend.backend()
+    needed = BACKENDS.get(name)
+    if needed is not None and backend != needed:
+        other = "mirrored or multi_worker" if backend == "tensorflow" else "data_parallel"
+        raise ConfigError(
+            f"training.distribution={name!r} runs on the {needed} backend, but KERAS_BACKEND is {backend!r}; "
+            f"use {other} on this backend"
+        )
+    if devices is not None and name != "mirrored":
+        raise ConfigError(f"training.devices applies to distribution 'mirrored', not {name!r}")
+    if name == "multi_worker":
+        cluster_spec(required=True)
+
+
+def cluster_spec(required: bool = False) -> dict | None:
+    """The parsed ``TF_CONFIG`` of this worker (``{"cluster": ..., "task": ...}``), or None when unset.
+
+    Raises:
+        ConfigError: ``TF_CONFIG`` is malformed, or missing when ``required``.
+    """
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        if required:
+            raise ConfigError(
+                "training.distribution='multi_worker' needs the TF_CONFIG environment variable on every worker, "
+                'e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                '"index": 0}} (docs/scaling.md)'
+            )
+        return None
+    try:
+        spec = json.loads(text)
+        workers = spec["cluster"]["worker"]
+        task_type, index = spec["task"]["type"], int(spec["task"]["index"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"TF_CONFIG is not a valid cluster spec ({err}): {text!r}") from err
+    if not isinstance(workers, list) or not workers:
+        raise ConfigError(f"TF_CONFIG: cluster.worker must be a non-empty list of host:port, got {workers!r}")
+    members = spec["cluster"].get(task_type)
+    if not isinstance(members, list) or not 0 <= index < len(members):
+        raise ConfigError(f"TF_CONFIG: task {task_type!r} index {index} is not in the cluster {spec['cluster']}")
+    return spec
+
+
+def is_chief(name: str) -> bool:
+    """Whether this process writes the run directory: always, except a non-chief worker of ``multi_worker``.
+
+    The chief is the ``chief`` task when the cluster has one, else worker 0 (TensorFlow's convention).
+    """
+    if name != "multi_worker":
+        return _jax_process_index() == 0 if name == "data_parallel" else True
+    spec = cluster_spec(required=True)
+    task_type, index = spec["task"]["type"], int(spec["task"]["index"])
+    if "chief" in spec["cluster"]:
+        return task_type == "chief"
+    return task_type == "worker" and index == 0
+
+
+def worker_dir(run_dir: str, name: str) -> str:
+    """Where a non-chief worker keeps its own backup and logs: ``<run_dir>/.workers/<task>-<index>``."""
+    if name == "multi_worker":
+        task = cluster_spec(required=True)["task"]
+        tag = f"{task['type']}-{int(task['index'])}"
+    else:
+        tag = f"process-{_jax_process_index()}"
+    return os.path.join(run_dir, ".workers", tag)
+
+
+def _jax_process_index() -> int:
+    if keras.backend.backend() != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def make_strategy(name: str, devices: list[str] | None = None) -> Any:
+    """The ``tf.distribute`` strategy of ``mirrored`` / ``multi_worker``; None for the others.
+
+    ``data_parallel`` sets Keras' global distribution instead (:func:`scope`).
+    """
+    check_distribution(name, devices)
+    if name not in ("mirrored", "multi_worker"):
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def replica_count(name: str | None, strategy: Any = None) -> int:
+    """How many replicas compute each step: the strategy's, every device of ``data_parallel``, else 1."""
+    if strategy is not None:
+        return int(strategy.num_replicas_in_sync)
+    if name == "data_parallel":
+        return len(keras.distribution.list_devices())
+    return 1
+
+
+@contextlib.contextmanager
+def scope(name: str, strategy: Any = None) -> Iterator[None]:
+    """The context in which the model of a distributed run is built and compiled.
+
+    ``mirrored`` / ``multi_worker``: the strategy's scope (its variables are mirrored on every replica).
+    ``data_parallel``: ``keras.distribution.DataParallel`` over every device JAX sees, set for the block and
+    restored after it.
+    """
+    if strategy is not None:
+        with strategy.scope():
+            yield
+        return
+    if name != "data_parallel":
+        yield
+        return
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(keras.distribution.DataParallel())
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def build_state(model: keras.Model, batch: Any, strategy: Any) -> None:
+    """Builds the compiled loss and metrics of a model for a ``tf.distribute`` strategy, from one real batch.
+
+    Before every ``fit`` and ``evaluate`` under a strategy, Keras builds them from a sample batch that it first
+    averages over the replicas: the integer item ids become floats, and replicas holding batches of different
+    sizes (a batch of 31 over two replicas) fail the average. Built here once from an evaluation batch of the
+    pipeline (``(history, target)``, the shapes the ranking metrics take), that step has nothing left to do and
+    is skipped for this model.
+    """
+    if strategy is None:
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=batch)  # Keras' own build of the compiled loss and metrics
+    model._maybe_symbolic_build = _already_built
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras averages a step's logs over the workers along axis 0, which a scalar of a worker with one device
+        # does not have; the logs of a step get that axis (the epoch's logs are read from the metrics themselves).
+        model.train_step = _logs_with_leading_axis(model.train_step)
+        model.test_step = _logs_with_leading_axis(model.test_step)
+
+
+def _logs_with_leading_axis(step: Any) -> Any:
+    def step_with_axis(data: Any) -> Any:
+        logs = step(data)
+        return {name: keras.ops.reshape(value, (-1,)) for name, value in logs.items()}
+
+    return step_with_axis
+
+
+def _already_built(iterator: Any = None, data_batch: Any = None) -> None:
+    """Stands in for Keras' pre-step build of a model whose compiled state :func:`build_state` built."""
