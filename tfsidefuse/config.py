@@ -21,7 +21,7 @@ from tfsidefuse.errors import ConfigError  # noqa: F401  (re-exported: ``from tf
 SOURCES = ("demo", "s3rec", "recbole", "tfds", "csv", "parquet", "prepared")
 OBJECTIVES = ("all_positions", "all_targets", "prefix")
 LR_SCHEDULES = ("constant", "cosine")
-DISTRIBUTIONS = ("none", "mirrored", "multi_worker", "data_parallel")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 LOSSES = ("full_softmax", "sampled_softmax")
 NEGATIVE_SAMPLERS = ("in_batch", "uniform", "log_uniform", "popularity")
@@ -215,9 +215,9 @@ class TrainingConfig:
             ``mirrored`` (the devices of one host,
             ``tf.distribute.MirroredStrategy``), ``multi_worker`` (several
             hosts configured by ``TF_CONFIG``,
-            ``tf.distribute.MultiWorkerMirroredStrategy``) or
-            ``data_parallel`` (``keras.distribution.DataParallel``, JAX
-            backend); ``batch_size`` stays the global batch (docs/scaling.md).
+            ``tf.distribute.MultiWorkerMirroredStrategy``), both on the
+            TensorFlow backend; ``batch_size`` stays the global batch
+            (docs/scaling.md).
         devices: the devices of ``mirrored`` (e.g. ``["/gpu:0", "/gpu:1"]``);
             default every GPU of the host, else its CPU.
         loss: ``full_softmax`` (default, also written ``null``: every item in the softmax) or

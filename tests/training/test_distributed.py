@@ -226,8 +226,6 @@ def test_configuration_errors_name_the_setting(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match="index 3"):
         distribution.check_distribution("multi_worker")
-    with pytest.raises(ConfigError, match="jax"):
-        distribution.check_distribution("data_parallel")
 
 
 def test_chief_is_worker_zero_or_the_chief_task(monkeypatch):

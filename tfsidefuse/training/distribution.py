@@ -7,8 +7,8 @@
   ``tf.distribute.MirroredStrategy`` (TensorFlow backend).
 - ``multi_worker``: several hosts (or processes), with ``tf.distribute.MultiWorkerMirroredStrategy``, configured
   by the ``TF_CONFIG`` environment variable of each worker (TensorFlow backend).
-- ``data_parallel``: Keras' own ``keras.distribution.DataParallel`` (JAX backend): the global batch sharded over
-  every local device, or over every device of every host after ``jax.distributed.initialize()``.
+
+Both run on the TensorFlow backend; under JAX, training uses one device.
 
 ``training.batch_size`` is the global batch in every case: ``tf.distribute`` splits each batch of the pipeline
 over the replicas, and the next-item loss is the mean over the labelled slots of the whole global batch
@@ -31,9 +31,6 @@ import keras
 from tfsidefuse.config import DISTRIBUTIONS
 from tfsidefuse.errors import ConfigError
 
-#: Backends that run each distribution.
-BACKENDS = {"mirrored": "tensorflow", "multi_worker": "tensorflow", "data_parallel": "jax"}
-
 
 def check_distribution(name: str | None, devices: list[str] | None = None) -> None:
     """Refuses a distribution the active backend or environment cannot run, before anything is built.
@@ -45,12 +42,10 @@ def check_distribution(name: str | None, devices: list[str] | None = None) -> No
     if name not in DISTRIBUTIONS:
         raise ConfigError(f"training.distribution must be one of {list(DISTRIBUTIONS)}, got {name!r}")
     backend = keras.backend.backend()
-    needed = BACKENDS.get(name)
-    if needed is not None and backend != needed:
-        other = "mirrored or multi_worker" if backend == "tensorflow" else "data_parallel"
+    if name != "none" and backend != "tensorflow":
         raise ConfigError(
-            f"training.distribution={name!r} runs on the {needed} backend, but KERAS_BACKEND is {backend!r}; "
-            f"use {other} on this backend"
+            f"training.distribution={name!r} runs on the TensorFlow backend, but KERAS_BACKEND is {backend!r}; "
+            "on this backend training uses one device (training.distribution: none)"
         )
     if devices is not None and name != "mirrored":
         raise ConfigError(f"training.devices applies to distribution 'mirrored', not {name!r}")
@@ -93,7 +88,7 @@ def is_chief(name: str) -> bool:
     The chief is the ``chief`` task when the cluster has one, else worker 0 (TensorFlow's convention).
     """
     if name != "multi_worker":
-        return _jax_process_index() == 0 if name == "data_parallel" else True
+        return True
     spec = cluster_spec(required=True)
     task_type, index = spec["task"]["type"], int(spec["task"]["index"])
     if "chief" in spec["cluster"]:
@@ -103,27 +98,12 @@ def is_chief(name: str) -> bool:
 
 def worker_dir(run_dir: str, name: str) -> str:
     """Where a non-chief worker keeps its own backup and logs: ``<run_dir>/.workers/<task>-<index>``."""
-    if name == "multi_worker":
-        task = cluster_spec(required=True)["task"]
-        tag = f"{task['type']}-{int(task['index'])}"
-    else:
-        tag = f"process-{_jax_process_index()}"
-    return os.path.join(run_dir, ".workers", tag)
-
-
-def _jax_process_index() -> int:
-    if keras.backend.backend() != "jax":
-        return 0
-    import jax
-
-    return jax.process_index()
+    task = cluster_spec(required=True)["task"]
+    return os.path.join(run_dir, ".workers", f"{task['type']}-{int(task['index'])}")
 
 
 def make_strategy(name: str, devices: list[str] | None = None) -> Any:
-    """The ``tf.distribute`` strategy of ``mirrored`` / ``multi_worker``; None for the others.
-
-    ``data_parallel`` sets Keras' global distribution instead (:func:`scope`).
-    """
+    """The ``tf.distribute`` strategy of ``mirrored`` / ``multi_worker``; None for ``none``."""
     check_distribution(name, devices)
     if name not in ("mirrored", "multi_worker"):
         return None
@@ -134,36 +114,20 @@ def make_strategy(name: str, devices: list[str] | None = None) -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def replica_count(name: str | None, strategy: Any = None) -> int:
-    """How many replicas compute each step: the strategy's, every device of ``data_parallel``, else 1."""
-    if strategy is not None:
-        return int(strategy.num_replicas_in_sync)
-    if name == "data_parallel":
-        return len(keras.distribution.list_devices())
-    return 1
+def replica_count(strategy: Any = None) -> int:
+    """How many replicas compute each step: the strategy's, else 1."""
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
 @contextlib.contextmanager
-def scope(name: str, strategy: Any = None) -> Iterator[None]:
-    """The context in which the model of a distributed run is built and compiled.
-
-    ``mirrored`` / ``multi_worker``: the strategy's scope (its variables are mirrored on every replica).
-    ``data_parallel``: ``keras.distribution.DataParallel`` over every device JAX sees, set for the block and
-    restored after it.
-    """
-    if strategy is not None:
-        with strategy.scope():
-            yield
-        return
-    if name != "data_parallel":
+def scope(strategy: Any = None) -> Iterator[None]:
+    """The context in which the model of a run is built and trained: the strategy's scope (its variables are
+    mirrored on every replica), or nothing on one device."""
+    if strategy is None:
         yield
         return
-    previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(keras.distribution.DataParallel())
-    try:
+    with strategy.scope():
         yield
-    finally:
-        keras.distribution.set_distribution(previous)
 
 
 def build_state(model: keras.Model, batch: Any, strategy: Any) -> None:

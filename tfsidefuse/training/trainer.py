@@ -413,7 +413,7 @@ def train(
         prepared = prepared or (prepare(config) if t.distribution != "multi_worker" else None)
     prepared = prepared or _open_prepared_for_worker(config)
     keras.utils.set_random_seed(t.seed)
-    with distribution.scope(t.distribution, strategy):
+    with distribution.scope(strategy):
         return _train_in_scope(config, prepared, strategy, chief, evaluate_test, callbacks, overwrite)
 
 
@@ -488,7 +488,7 @@ def _train_in_scope(config, prepared, strategy, chief, evaluate_test, callbacks,
     metrics["dataset_fingerprint"] = prepared.fingerprint
     metrics["config_sha256"] = hashlib.sha256(_config_text(config).encode()).hexdigest()
     if t.distribution not in (None, "none"):
-        metrics["replicas"] = distribution.replica_count(t.distribution, strategy)
+        metrics["replicas"] = distribution.replica_count(strategy)
     if not chief:
         # Saving runs collective operations that every worker joins; a worker other than the chief saves to its
         # own directory and removes the copy.
