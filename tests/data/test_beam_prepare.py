@@ -128,7 +128,8 @@ def _synthetic_raw(seed: int = 1) -> RawDataset:
     return RawDataset("synthetic", interactions, items_df, features)
 
 
-@pytest.mark.parametrize("k_core", [None, 15])
+# Without k-core: a subset of the 15-core case's steps, in the slow run.
+@pytest.mark.parametrize("k_core", [pytest.param(None, marks=pytest.mark.slow), 15])
 def test_beam_equals_pandas_with_k_core_ties_missing_values_and_quantile_buckets(tmp_path, k_core):
     raw = _synthetic_raw()
     cfg = DatasetConfig(source="demo", prepared_dir=str(tmp_path / "beam"), k_core=k_core, num_shards=3, max_len=20)
@@ -177,7 +178,8 @@ def _write_partitions(raw: RawDataset, directory, fmt: str) -> str:
     return os.path.join(str(directory), f"part-*.{fmt}")
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+# CSV shares the reader path after its file decoder (its errors are checked below): in the slow run.
+@pytest.mark.parametrize("fmt", [pytest.param("csv", marks=pytest.mark.slow), "parquet"])
 def test_partitioned_logs_beam_equals_pandas(tmp_path, fmt):
     raw = _synthetic_raw(seed=2)
     raw.interactions = raw.interactions.drop(columns="dwell")
