@@ -245,3 +245,21 @@ def test_chief_is_worker_zero_or_the_chief_task(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
     assert distribution.is_chief("multi_worker")
     assert distribution.is_chief("none") and distribution.is_chief(None)
+
+
+def test_a_distribution_under_jax_is_refused_up_front():
+    code = (
+        "from tfsidefuse.errors import ConfigError\n"
+        "from tfsidefuse.training import distribution\n"
+        "distribution.check_distribution('none')\n"
+        "try:\n"
+        "    distribution.check_distribution('mirrored')\n"
+        "except ConfigError as err:\n"
+        "    print(err)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=environment(KERAS_BACKEND="jax"), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training.distribution='mirrored' runs on the TensorFlow backend" in proc.stdout
+    assert "KERAS_BACKEND is 'jax'" in proc.stdout
