@@ -523,15 +523,7 @@ class NextItemModel(keras.Model):
             return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def _exclude(self, logits: Any, item_ids: Any) -> Any:
-        num_items = self.backbone.num_items
-        excluded = ops.expand_dims(ops.arange(num_items) < NUM_RESERVED_IDS, axis=0)
-        if self.exclude_history:
-            ids = ops.reshape(ops.cast(item_ids, "int32"), (-1,))
-            batch_size, seq_len = ops.shape(item_ids)[0], ops.shape(item_ids)[1]
-            rows = ops.repeat(ops.arange(batch_size, dtype="int32"), seq_len)
-            counts = ops.scatter(ops.stack([rows, ids], axis=1), ops.ones_like(ids), (batch_size, num_items))
-            excluded = ops.logical_or(excluded, counts > 0)
-        return ops.where(excluded, EXCLUDED_LOGIT, logits)
+        return self._exclude_block(logits, item_ids, 0, self.backbone.num_items)
 
     def top_k(self, inputs: dict[str, Any], k: int = 10, item_block: int | None = None) -> tuple[Any, Any]:
         """The `k` best items after the last position of each sequence.

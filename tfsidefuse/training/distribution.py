@@ -130,8 +130,9 @@ def scope(strategy: Any = None) -> Iterator[None]:
         yield
 
 
-def build_state(model: keras.Model, batch: Any, strategy: Any) -> None:
-    """Builds the compiled loss and metrics of a model for a ``tf.distribute`` strategy, from one real batch.
+def build_state(model: keras.Model, eval_dataset: Any, strategy: Any) -> None:
+    """Builds the compiled loss and metrics of a model for a ``tf.distribute`` strategy, from the first batch of
+    ``eval_dataset`` (read only under a strategy).
 
     Before every ``fit`` and ``evaluate`` under a strategy, Keras builds them from a sample batch that it first
     averages over the replicas: the integer item ids become floats, and replicas holding batches of different
@@ -141,6 +142,7 @@ def build_state(model: keras.Model, batch: Any, strategy: Any) -> None:
     """
     if strategy is None:
         return
+    batch = next(iter(eval_dataset.take(1)))
     with strategy.scope():
         model._symbolic_build(data_batch=batch)  # Keras' own build of the compiled loss and metrics
     model._maybe_symbolic_build = _already_built

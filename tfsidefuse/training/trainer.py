@@ -434,7 +434,7 @@ def _train_in_scope(config, prepared, strategy, chief, evaluate_test, callbacks,
     run_dir = t.run_dir
     train_ds, valid_ds = training_datasets(config, prepared)
     model = create_model(config, prepared)
-    distribution.build_state(model, next(iter(valid_ds.take(1))), strategy)
+    distribution.build_state(model, valid_ds, strategy)
     per_epoch = count_examples(prepared, "train", t.objective, prepared.schema.max_len)
 
     # Everything is checked: from here on the run directory is written (by the chief; every other worker keeps
