@@ -1,4 +1,4 @@
-# Standard targets. Each one creates .venv (if missing) and installs the package with its test and Beam extras first;
+# Standard targets. Each one creates .venv (if missing) and installs the package with its test, Beam, ANN and TFRS extras first;
 # the install is redone only when setup.py or the version changes.
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.tfsidefuse-installed
 $(STAMP): setup.py tfsidefuse/version.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,beam]"
+	$(BIN)/python -m pip install --quiet -e ".[test,beam,ann,tfrs]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -55,6 +55,11 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9"],
         # `tfsidefuse prepare --runner ...`: the preprocessing as Apache Beam pipelines (pyarrow comes with it).
         "beam": ["apache-beam>=2.78,<3"],
+        # `tfsidefuse.export.ann`: approximate nearest-neighbour retrieval over an export's item embeddings.
+        "ann": ["faiss-cpu>=1.9"],
+        # `tfsidefuse.export.tfrs_bridge`: a TensorFlow Recommenders retrieval stack on an export (Keras 2, run
+        # in its own process with TF_USE_LEGACY_KERAS=1); tf_keras follows TensorFlow's minor version.
+        "tfrs": ["tensorflow-recommenders>=0.7.7,<0.8", "tf_keras>=2.21,<2.22"],
     },
     entry_points={"console_scripts": ["tfsidefuse=tfsidefuse.cli:main"]},
     classifiers=[

@@ -99,4 +99,6 @@ def test_04_export_and_serve(tmp_path, monkeypatch):
     assert (version / "assets.extra/tf_serving_warmup_requests").is_file()
     assert '"predictions"' in text and '"outputs"' in text
     assert "same top-10 lists: True" in text
+    # The TFRS section (the `tfrs` extra): its BruteForce index answers the served lists.
+    assert "TFRS top-10 lists = served: True" in text or "tensorflow-recommenders is not installed" in text
     assert "docker run --rm --gpus all" in text and "tensorflow/serving:2.21.0-gpu" in text

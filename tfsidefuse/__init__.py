@@ -3,7 +3,8 @@
 ``import tfsidefuse`` registers every layer, model, loss and metric with Keras, so that
 ``keras.models.load_model("model.keras")`` works after this one import, and gives the entry points:
 :func:`load_config` (a YAML file or a preset name), :func:`prepare`, :func:`datasets`, :func:`create_model`,
-:func:`build_model`, :func:`train`, :func:`evaluate` and :func:`export_model`.
+:func:`build_model`, :func:`train`, :func:`evaluate`, :func:`export_model`, and :class:`InputEncoder` (raw item
+ids and feature values to model inputs, and model ids back to raw ids, as the exported SavedModel maps them).
 """
 
 import os
@@ -17,6 +18,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 from tfsidefuse import layers, losses, metrics, models  # noqa: E402  (importing them registers their classes)
 from tfsidefuse.config import RunConfig, load_config  # noqa: E402
+from tfsidefuse.data.input_encoder import InputEncoder  # noqa: E402
 from tfsidefuse.errors import ConfigError, DataError, PreparedDataError, RunDirError, UserError  # noqa: E402
 from tfsidefuse.models import MaskedItemModel, NextItemModel  # noqa: E402
 from tfsidefuse.models.registry import BACKBONES, build_model  # noqa: E402
@@ -56,6 +58,7 @@ __all__ = [
     "BACKBONES",
     "ConfigError",
     "DataError",
+    "InputEncoder",
     "MaskedItemModel",
     "NextItemModel",
     "PreparedDataError",
