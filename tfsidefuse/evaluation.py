@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset, reading
+from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset, pad_batches, reading
 from tfsidefuse.data.prepared import PreparedDataset
 from tfsidefuse.metrics import RankingMetric, ranking_metrics
 
@@ -44,14 +44,25 @@ def evaluate_model(
     """
     if not isinstance(prepared, PreparedDataset):
         prepared = PreparedDataset.open(prepared)
-    # Length buckets: a batch of short histories is not padded to the longest one of the split.
+    # Length buckets: a batch of short histories is not padded to the longest one of the split. JAX compiles one
+    # program per shape: there the batches are padded to the bounds of a few geometric buckets.
+    import keras
+
     ds = make_dataset(
-        prepared, split, mode="eval", batch_size=batch_size, features=features, shuffle=False, bucket_boundaries="auto"
+        prepared,
+        split,
+        mode="eval",
+        batch_size=batch_size,
+        features=features,
+        shuffle=False,
+        bucket_boundaries="auto",
+        pad_to_max_len=keras.backend.backend() == "jax",
     )
     with reading(prepared):
         if item_block is not None:
             return evaluate_in_blocks(model, ds, item_block)
-        results = model.evaluate(ds, verbose=verbose, return_dict=True)
+        # Under JAX's DataParallel the devices must divide every batch: the last ones get empty rows.
+        results = model.evaluate(pad_batches(ds), verbose=verbose, return_dict=True)
     return {k: float(v) for k, v in results.items()}
 
 

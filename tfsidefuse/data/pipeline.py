@@ -445,6 +445,56 @@ def make_dataset(
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def data_parallel_layout() -> tuple[int, int, int]:
+    """``(devices, processes, this process's index)`` of the active ``keras.distribution`` (JAX), else
+    ``(1, 1, 0)``."""
+    import keras
+
+    active = keras.distribution.distribution()
+    if active is None or not hasattr(active, "device_mesh"):
+        return 1, 1, 0
+    import jax  # keras.distribution runs on the JAX backend
+
+    return int(active.device_mesh.devices.size), int(active.num_processes), int(jax.process_index())
+
+
+def pad_batches(ds: tf.data.Dataset, multiple: int | None = None) -> tf.data.Dataset:
+    """Pads every ``(inputs, labels)`` batch with empty rows to a multiple of ``multiple`` rows; under a
+    multi-process ``keras.distribution``, keeps this process's part of each padded batch.
+
+    ``keras.distribution.DataParallel`` (JAX) splits each batch along its first axis over the devices, which must
+    divide it; a last, smaller batch seldom does. An empty row (every input and label 0, the padding id) has no
+    labelled slot: it adds nothing to the loss, the gradients or the ranking metrics. With several processes,
+    every process reads the same stream of global batches and keeps its own consecutive rows of each (process
+    ``p`` of ``P`` the ``p``-th of ``P`` equal slices): Keras assembles the global batch from the processes' parts,
+    so every example is used once per pass, as in one process.
+
+    Args:
+        ds: batches of :func:`make_dataset`.
+        multiple: rows per batch a multiple of this; default the device count of the active distribution
+            (one device and one process: ``ds`` unchanged).
+    """
+    devices, processes, process = data_parallel_layout()
+    multiple = devices if multiple is None else multiple
+    if not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be a positive int, got {multiple!r}")
+    if multiple == 1 and processes == 1:
+        return ds
+
+    def pad(inputs, labels):
+        rows = tf.shape(labels)[0]
+        padded = rows + (multiple - rows % multiple) % multiple
+        share = padded // processes
+
+        def pad_rows(x):
+            x = tf.pad(x, [[0, padded - rows]] + [[0, 0]] * (x.shape.rank - 1))
+            return x[process * share : (process + 1) * share] if processes > 1 else x
+
+        return tf.nest.map_structure(pad_rows, inputs), pad_rows(labels)
+
+    return ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 @contextlib.contextmanager
 def reading(prepared: PreparedDataset) -> Iterator[None]:
     """Turns a failed read of a prepared dataset's records into a :class:`PreparedDataError` naming the file.

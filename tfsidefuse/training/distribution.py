@@ -4,11 +4,18 @@
 
 - ``none`` (default): one device.
 - ``mirrored``: one host, several devices (its GPUs, or the ``devices`` listed), with
-  ``tf.distribute.MirroredStrategy`` (TensorFlow backend).
-- ``multi_worker``: several hosts (or processes), with ``tf.distribute.MultiWorkerMirroredStrategy``, configured
-  by the ``TF_CONFIG`` environment variable of each worker (TensorFlow backend).
+  ``tf.distribute.MirroredStrategy`` on the TensorFlow backend and ``keras.distribution.DataParallel`` over the
+  host's devices on the JAX backend.
+- ``multi_worker``: several hosts (or processes), configured by the ``TF_CONFIG`` environment variable of each
+  worker: ``tf.distribute.MultiWorkerMirroredStrategy`` on TensorFlow; on JAX, ``keras.distribution.initialize``
+  (``jax.distributed``, with worker 0, or the ``chief`` task, as the coordinator) and then ``DataParallel`` over
+  every device of every process. Keras' own ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` /
+  ``KERAS_DISTRIBUTION_NUM_PROCESSES`` / ``KERAS_DISTRIBUTION_PROCESS_ID`` variables work too under JAX.
 
-Both run on the TensorFlow backend; under JAX, training uses one device.
+Under JAX a step runs on the whole global batch at once, sharded along its first axis over the devices, which
+must divide it: every batch of the pipeline (training, validation, evaluation) is padded with empty rows to a
+multiple of the device count (:func:`tfsidefuse.data.pipeline.pad_batches`). An empty row has no labelled slot:
+it adds nothing to the loss, its gradient or the ranking metrics, so every user is still counted exactly once.
 
 ``training.batch_size`` is the global batch in every case: ``tf.distribute`` splits each batch of the pipeline
 over the replicas, and the next-item loss is the mean over the labelled slots of the whole global batch
@@ -42,15 +49,25 @@ def check_distribution(name: str | None, devices: list[str] | None = None) -> No
     if name not in DISTRIBUTIONS:
         raise ConfigError(f"training.distribution must be one of {list(DISTRIBUTIONS)}, got {name!r}")
     backend = keras.backend.backend()
-    if name != "none" and backend != "tensorflow":
+    if name != "none" and backend not in ("tensorflow", "jax"):
         raise ConfigError(
-            f"training.distribution={name!r} runs on the TensorFlow backend, but KERAS_BACKEND is {backend!r}; "
-            "on this backend training uses one device (training.distribution: none)"
+            f"training.distribution={name!r} runs on the TensorFlow and JAX backends, but KERAS_BACKEND is "
+            f"{backend!r}; on this backend training uses one device (training.distribution: none)"
         )
     if devices is not None and name != "mirrored":
         raise ConfigError(f"training.devices applies to distribution 'mirrored', not {name!r}")
-    if name == "multi_worker":
+    if name == "multi_worker" and not (backend == "jax" and _keras_cluster_variables()):
         cluster_spec(required=True)
+    if name == "mirrored" and devices is not None and backend == "jax":
+        known = keras.distribution.list_devices()
+        unknown = [d for d in devices if d not in known]
+        if unknown:
+            raise ConfigError(f"training.devices: {unknown} are not devices of this host; it has {known}")
+
+
+def _keras_cluster_variables() -> bool:
+    """Whether Keras' own multi-process variables (``KERAS_DISTRIBUTION_*``) describe the cluster (JAX)."""
+    return bool(os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"))
 
 
 def cluster_spec(required: bool = False) -> dict | None:
@@ -89,6 +106,8 @@ def is_chief(name: str) -> bool:
     """
     if name != "multi_worker":
         return True
+    if keras.backend.backend() == "jax" and _keras_cluster_variables():
+        return int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0")) == 0
     spec = cluster_spec(required=True)
     task_type, index = spec["task"]["type"], int(spec["task"]["index"])
     if "chief" in spec["cluster"]:
@@ -98,15 +117,51 @@ def is_chief(name: str) -> bool:
 
 def worker_dir(run_dir: str, name: str) -> str:
     """Where a non-chief worker keeps its own backup and logs: ``<run_dir>/.workers/<task>-<index>``."""
+    if keras.backend.backend() == "jax" and _keras_cluster_variables():
+        return os.path.join(run_dir, ".workers", f"process-{int(os.environ['KERAS_DISTRIBUTION_PROCESS_ID'])}")
     task = cluster_spec(required=True)["task"]
     return os.path.join(run_dir, ".workers", f"{task['type']}-{int(task['index'])}")
 
 
+def _cluster_members(spec: dict) -> list[tuple[str, int, str]]:
+    """The processes of a ``TF_CONFIG`` cluster in JAX's process order: the chief first, then the workers."""
+    members = []
+    for task_type in ("chief", "worker"):
+        members += [(task_type, i, address) for i, address in enumerate(spec["cluster"].get(task_type, []))]
+    return members
+
+
+def _initialize_jax_cluster() -> None:
+    """Joins this process to the JAX cluster of ``TF_CONFIG`` (or of Keras' own variables): the first member is
+    the coordinator; each process's id is its place in :func:`_cluster_members`."""
+    import jax
+
+    # Collectives between CPU processes go over gloo (GPUs use NCCL whatever this says).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if _keras_cluster_variables():
+        keras.distribution.initialize()
+        return
+    spec = cluster_spec(required=True)
+    members = _cluster_members(spec)
+    me = (spec["task"]["type"], int(spec["task"]["index"]))
+    process_id = [(t, i) for t, i, _ in members].index(me)
+    keras.distribution.initialize(job_addresses=members[0][2], num_processes=len(members), process_id=process_id)
+
+
 def make_strategy(name: str, devices: list[str] | None = None) -> Any:
-    """The ``tf.distribute`` strategy of ``mirrored`` / ``multi_worker``; None for ``none``."""
+    """The engine of ``mirrored`` / ``multi_worker``: a ``tf.distribute`` strategy on TensorFlow, a
+    ``keras.distribution.DataParallel`` on JAX; None for ``none``."""
     check_distribution(name, devices)
     if name not in ("mirrored", "multi_worker"):
         return None
+    if keras.backend.backend() == "jax":
+        if name == "multi_worker":
+            _initialize_jax_cluster()
+        # Every process feeds its own part of each global batch (`tfsidefuse.data.pipeline.pad_batches`), so
+        # Keras' own sharding of the dataset (which needs a plain `batch` to find the batch size) is off.
+        return keras.distribution.DataParallel(
+            devices=devices or keras.distribution.list_devices(), auto_shard_dataset=False
+        )
     import tensorflow as tf
 
     if name == "mirrored":
@@ -115,8 +170,12 @@ def make_strategy(name: str, devices: list[str] | None = None) -> Any:
 
 
 def replica_count(strategy: Any = None) -> int:
-    """How many replicas compute each step: the strategy's, else 1."""
-    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+    """How many replicas compute each step: the strategy's (the devices of a ``DataParallel``), else 1."""
+    if strategy is None:
+        return 1
+    if isinstance(strategy, keras.distribution.DataParallel):
+        return int(strategy.device_mesh.devices.size)
+    return int(strategy.num_replicas_in_sync)
 
 
 @contextlib.contextmanager
@@ -140,8 +199,8 @@ def build_state(model: keras.Model, eval_dataset: Any, strategy: Any) -> None:
     pipeline (``(history, target)``, the shapes the ranking metrics take), that step has nothing left to do and
     is skipped for this model.
     """
-    if strategy is None:
-        return
+    if strategy is None or isinstance(strategy, keras.distribution.DataParallel):
+        return  # JAX builds from the global batch, which it does not average
     batch = next(iter(eval_dataset.take(1)))
     with strategy.scope():
         model._symbolic_build(data_batch=batch)  # Keras' own build of the compiled loss and metrics
