@@ -141,7 +141,17 @@ def test_from_saved_model_reads_bucket_edges_from_the_export_or_its_dataset(time
     info_path = copy / "assets.extra" / "export_info.json"
     info = json.loads(info_path.read_text())
     assert [f["name"] for f in info["interaction_features"]] == ["action", "time_gap"]
+    # The export carries the edges itself: no prepared dataset is needed.
+    assert info["interaction_features"][1]["boundaries"] == list(prepared.schema.feature("time_gap").boundaries)
     info["prepared_dir"] = str(tmp_path / "moved-away")
+    info_path.write_text(json.dumps(info))
+    edges = prepared.schema.feature("time_gap").boundaries
+    alone = InputEncoder.from_saved_model(copy).encode(
+        {"item_ids": [["i1", "i2"]], "action": [["view"] * 2], "time_gap": [[NAN, edges[0]]]}
+    )
+    np.testing.assert_array_equal(alone["time_gap"], [[1, 3]])  # NaN: unknown; the first edge: bucket 2 + 1
+    # An export without them (an older one) reads them from the prepared dataset it names, or says it cannot.
+    del info["interaction_features"][1]["boundaries"]
     info_path.write_text(json.dumps(info))
     with pytest.raises(FileNotFoundError, match="bucketized feature 'time_gap'.*moved-away/schema.yaml"):
         InputEncoder.from_saved_model(copy)

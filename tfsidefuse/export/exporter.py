@@ -272,7 +272,13 @@ def export_model(
             "num_items": graph.num_items,
             "padding_id": PAD_ID,
             "oov_id": OOV_ID,
-            "interaction_features": [{"name": f.name, "kind": f.kind} for f in graph.features],
+            # With the bucket boundaries, so that the raw-id lookup can be rebuilt from the export alone
+            # (`tfsidefuse.InputEncoder.from_saved_model`).
+            "interaction_features": [
+                {"name": f.name, "kind": f.kind}
+                | ({"boundaries": [float(b) for b in f.boundaries]} if f.kind == "bucketized" else {})
+                for f in graph.features
+            ],
             "signatures": _signature_info(functions),
             "warmup_requests": written,
             "tensorflow": tf.__version__,
