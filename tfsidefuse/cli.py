@@ -1,6 +1,6 @@
-"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three), presets, verify, export, analyze.
+"""The ``tfsidefuse`` command: prepare, train, evaluate, run (all three), presets, verify, export, synthetic, analyze.
 
-Every subcommand but ``export`` and ``analyze`` takes ``--config path.yaml``; ``--set section.key=value``
+Every subcommand but ``export``, ``synthetic`` and ``analyze`` takes ``--config path.yaml``; ``--set section.key=value``
 overrides single keys (values are parsed as YAML).
 """
 
@@ -171,6 +171,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_synthetic(args) -> int:
+    from tfsidefuse.data.synthetic import write_synthetic_dataset
+
+    log = write_synthetic_dataset(
+        args.out,
+        num_users=args.users,
+        num_items=args.items,
+        num_categories=args.categories,
+        num_brands=args.brands,
+        mean_length=args.mean_length,
+        exponent=args.exponent,
+        seed=args.seed,
+    )
+    print(f"wrote {log.num_users} users, {log.num_events} events over {log.num_items} items to {args.out}")
+    print(f"prepare it with the dataset section: {{source: recbole, path: {args.out}, prepared_dir: <directory>}}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfsidefuse import __version__
 
@@ -238,6 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", help="model name in the warm-up requests (default: the models directory's name)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up requests from the validation split (0-1000)")
     p.set_defaults(fn=cmd_export)
+    p = sub.add_parser(
+        "synthetic", help="write a synthetic log of any size (power-law popularity) as RecBole files for `prepare`"
+    )
+    p.add_argument("--out", required=True, help="directory for the files (<name>.inter, <name>.item: name = its name)")
+    p.add_argument("--users", type=int, default=10_000, help="users, one sequence each (default 10000)")
+    p.add_argument("--items", type=int, default=10_000, help="items in the catalogue (default 10000)")
+    p.add_argument("--categories", type=int, default=100, help="item categories (default 100)")
+    p.add_argument("--brands", type=int, default=1_000, help="brands, at least the categories (default 1000)")
+    p.add_argument("--mean-length", type=float, default=10.0, help="mean events per user, at least 3 (default 10)")
+    p.add_argument("--exponent", type=float, default=1.0, help="power-law exponent of item popularity (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(fn=cmd_synthetic)
     from tfsidefuse.analysis.cli import add_analyze_parser
 
     add_analyze_parser(sub)

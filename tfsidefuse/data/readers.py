@@ -16,6 +16,7 @@ message names the file, the line and the offending value.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -213,8 +214,8 @@ def _read_s3rec_attributes(path: Path) -> dict[str, list[str]]:
 
     def pairs_hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
         # The top-level object is the last one decoded: its repeated keys are the ones left in ``repeated``.
-        keys = [key for key, _ in pairs]
-        repeated[:] = sorted({key for key in keys if keys.count(key) > 1}, key=keys.index)
+        counts = collections.Counter(key for key, _ in pairs)  # in first-seen order
+        repeated[:] = [key for key, count in counts.items() if count > 1]
         return dict(pairs)
 
     try:
