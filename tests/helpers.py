@@ -200,26 +200,35 @@ def run_backbone_test(
     run_serialization_test(backbone)
 
     batch_size, seq_len = np.shape(input_data["item_ids"])
-    hidden = backbone(input_data)
+    hidden = sequence_output(backbone, input_data)
     assert tuple(hidden.shape) == (batch_size, seq_len, backbone.hidden_dim)
     # Dynamic padding: a shorter batch goes through the same weights.
     shorter = {k: v[:, 2:] for k, v in input_data.items()}
-    assert tuple(backbone(shorter).shape) == (batch_size, seq_len - 2, backbone.hidden_dim)
+    assert tuple(sequence_output(backbone, shorter).shape) == (batch_size, seq_len - 2, backbone.hidden_dim)
     assert tuple(backbone.item_table().shape) == (backbone.num_items, backbone.hidden_dim)
 
     # Keys the backbone does not use are ignored.
     unused = dict(input_data, some_other_feature=np.ones_like(input_data["item_ids"]))
-    np.testing.assert_allclose(backbone(unused), hidden, atol=1e-6)
+    np.testing.assert_allclose(sequence_output(backbone, unused), hidden, atol=1e-6)
 
     symbolic = {k: keras.Input(shape=(None,), dtype="int32", name=k) for k in input_data}
-    assert tuple(backbone_cls(**init_kwargs)(symbolic).shape) == (None, None, backbone.hidden_dim)
+    assert tuple(sequence_output(backbone_cls(**init_kwargs), symbolic).shape) == (None, None, backbone.hidden_dim)
 
     mixed = backbone_cls(**init_kwargs, dtype="mixed_float16")
-    mixed_hidden = mixed(input_data)
+    mixed_hidden = sequence_output(mixed, input_data)
     assert keras.backend.standardize_dtype(mixed_hidden.dtype) == "float16"
     assert np.all(np.isfinite(np.asarray(mixed_hidden, dtype="float32")))
 
     run_model_saving_test(NextItemModel(backbone), input_data, tmp_dir)
+
+
+def sequence_output(backbone: Any, inputs: Any, **kwargs: Any) -> Any:
+    """The hidden states `[batch, seq_len, hidden_dim]` of a backbone call: the `"sequence_output"` of its dict.
+
+    Any other callable (e.g. a model's all-position logits) gives its output as it is.
+    """
+    outputs = backbone(inputs, **kwargs)
+    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
 def assert_dropout_only_in_training(layer: Any, *args: Any, **kwargs: Any) -> None:
@@ -272,7 +281,9 @@ def assert_padding_invariant(backbone: Any, inputs: dict[str, Any], num_pad: int
     }
     real = np.asarray(inputs["item_ids"]) != 0
     np.testing.assert_allclose(
-        np.asarray(backbone(padded))[:, num_pad:][real], np.asarray(backbone(inputs))[real], atol=atol
+        np.asarray(sequence_output(backbone, padded))[:, num_pad:][real],
+        np.asarray(sequence_output(backbone, inputs))[real],
+        atol=atol,
     )
 
 
@@ -283,7 +294,7 @@ def assert_causal(backbone: Any, inputs: dict[str, Any], vocab_sizes: dict[str, 
     changed together: each real value moves to another id of its vocabulary.
     Only real slots are compared (padded query rows are never read).
     """
-    before = np.asarray(backbone(inputs))
+    before = np.asarray(sequence_output(backbone, inputs))
     real = np.asarray(inputs["item_ids"]) != 0
     for slot in range(1, real.shape[1]):
         changed = dict(inputs)
@@ -291,7 +302,7 @@ def assert_causal(backbone: Any, inputs: dict[str, Any], vocab_sizes: dict[str, 
             values = np.array(inputs[key])
             values[:, slot:] = np.where(values[:, slot:] == 0, 0, values[:, slot:] % (vocab_size - 1) + 1)
             changed[key] = values
-        after = np.asarray(backbone(changed))
+        after = np.asarray(sequence_output(backbone, changed))
         np.testing.assert_allclose(after[:, :slot][real[:, :slot]], before[:, :slot][real[:, :slot]], atol=atol)
         assert not np.allclose(after[:, slot:], before[:, slot:]), f"changing slots {slot}.. changed nothing"
 

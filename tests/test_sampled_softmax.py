@@ -176,7 +176,7 @@ def test_model_loss_with_every_item_equals_the_full_softmax_loss():
     # 19 uniform negatives from the 18 real items cannot cover them; score every item through the model instead.
     model = _sasrec(SampledSoftmax(20, num_negatives=19, logq_correction=False))
     model.compile(metrics=[])
-    vectors = model({"item_ids": IDS}, training=True)  # packed real slots: [10, d]
+    vectors = model({"item_ids": IDS}, training=True)["vectors"]  # packed real slots: [10, d]
     assert tuple(vectors.shape) == (10, 8)
     labels = LABELS[IDS != 0]
     table = model.backbone.item_table()
@@ -196,9 +196,9 @@ def test_gradients_reach_the_item_table_and_only_sampled_rows_and_targets():
     inputs = {"item_ids": IDS}
     labels = np.array([12, 13], "int32")
     with tf.GradientTape() as tape:
-        vectors = model(inputs, training=True)
-        draws = model._sampled_draws
-        loss = model.compute_loss(inputs, labels, vectors, training=True)
+        outputs = model(inputs, training=True)
+        draws = outputs["draws"]
+        loss = model.compute_loss(inputs, labels, outputs, training=True)
     table = model.backbone.item_embedding.embeddings
     grad = tape.gradient(loss, table)
     grad = tf.convert_to_tensor(grad).numpy()
@@ -324,14 +324,13 @@ def test_auxiliary_losses_are_added_to_the_sampled_loss(demo_prepared):
     )
     model.compile(metrics=[])
     inputs, labels = next(iter(make_dataset(demo_prepared, "train", mode="all_positions", batch_size=8)))
-    vectors = model(inputs, training=True)
-    draws = model._sampled_draws
-    _, hidden = model._training_context
-    auxiliary = model.backbone.auxiliary_loss(model._sanitize(inputs, keep_last=False), labels, hidden)
+    outputs = model(inputs, training=True)
+    vectors, draws = outputs["vectors"], outputs["draws"]
+    auxiliary = model.auxiliary_losses(outputs, labels)
     assert auxiliary  # the attribute predictors
-    packed, _ = model._pack(inputs, labels, vectors)
+    packed, _ = model._pack(inputs, labels, outputs)
     sampled_only = float(model.sampled_softmax_loss(vectors, packed, draws))
-    total = float(model.compute_loss(inputs, labels, vectors, training=True))
+    total = float(model.compute_loss(inputs, labels, outputs, training=True))
     np.testing.assert_allclose(total, sampled_only + sum(float(v) for v in auxiliary.values()), rtol=1e-5)
 
 
@@ -346,10 +345,11 @@ def test_cloze_model_trains_with_sampled_softmax(demo_prepared):
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=[])
     inputs, labels = next(iter(make_dataset(demo_prepared, "train", mode="all_positions", batch_size=8)))
-    vectors = model(inputs, training=True)
+    outputs = model(inputs, training=True)
+    vectors = outputs["vectors"]
     # Scoring vectors at the masked slots: the BERT head's outputs.
     assert tuple(vectors.shape)[1:] == (8,)
-    assert tuple(vectors.shape)[0] == int(np.sum(np.asarray(model._cloze_labels) != 0))
+    assert tuple(vectors.shape)[0] == int(np.sum(np.asarray(outputs["labels"]) != 0))
     losses = _fit(model, demo_prepared, "all_positions")
     assert np.all(np.isfinite(losses)), losses
 

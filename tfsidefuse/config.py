@@ -121,9 +121,9 @@ class ModelConfig:
         from tfsidefuse.models.registry import (
             BACKBONES,
             FEATURES_PARAM,
-            MaskedItemModel,
             side_feature_params,
             split_task_params,
+            task_params_owner,
         )
 
         _one_of("model.name", self.name, tuple(BACKBONES))
@@ -136,18 +136,21 @@ class ModelConfig:
             if not isinstance(features, list) or not all(isinstance(n, str) for n in features):
                 raise ConfigError(f"model.{FEATURES_PARAM}: expected a list of feature names, got {features!r}")
             params = {k: v for k, v in params.items() if k != FEATURES_PARAM}
-        # Cloze backbones: the task params (`mask_prob`, ...) configure the `MaskedItemModel` around them.
+        # Task params configure the `MaskedItemModel` of Cloze backbones (`mask_prob`, ...) or a model's auxiliary
+        # head (`lambda_attr`, `rsa_weight`, `iaa_weight`, ...), not the backbone.
         params, task_params = split_task_params(self.name, params)
         # Every backbone passes its keyword arguments down to `SASRecBackbone`, which numbers the positions.
         declared = inspect.signature(backbone).parameters
         own = {k: v for k, v in params.items() if k in declared or k not in INHERITED_MODEL_PARAMS}
         _check_kwargs("model", own, backbone, exclude=("num_items", "max_len", *derived))
         params.update(own)  # keep the values `_check_kwargs` coerced
-        for key, choices in _model_choices().items():
-            if key in params:
-                _one_of(f"model.{key}", params[key], choices)
         if task_params:
-            _check_kwargs("model", task_params, MaskedItemModel, exclude=("backbone", "exclude_history"))
+            owner, exclude = task_params_owner(self.name)
+            _check_kwargs("model", task_params, owner, exclude=exclude)
+        for key, choices in _model_choices().items():
+            for checked in (params, task_params):
+                if key in checked:
+                    _one_of(f"model.{key}", checked[key], choices)
         if params is not self.params:
             self.params.update({**params, **task_params})  # keep the values `_check_kwargs` coerced
 
@@ -543,7 +546,7 @@ INHERITED_MODEL_PARAMS = ("position_order",)
 def _model_choices() -> dict[str, tuple]:
     """Model params whose allowed values are the same in every model that has them."""
     from tfsidefuse.layers.position_embedding import POSITION_ORDERS
-    from tfsidefuse.models.difsr.difsr_backbone import PREDICTOR_BIASES
+    from tfsidefuse.models.difsr.difsr_attribute_head import PREDICTOR_BIASES
 
     return {"position_order": POSITION_ORDERS, "attribute_predictor_bias": PREDICTOR_BIASES}
 

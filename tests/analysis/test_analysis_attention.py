@@ -38,9 +38,9 @@ def check_probabilities(p, ids, causal=True):
 def test_captured_probabilities_match_numpy_sasrec():
     backbone = sasrec()
     inputs = {"item_ids": ITEM_IDS}
-    expected_hidden = np.asarray(backbone(inputs, training=False))
+    expected_hidden = np.asarray(backbone(inputs, training=False)["sequence_output"])
     with capture_attention(backbone) as captured:
-        hidden = np.asarray(backbone(inputs, training=False))
+        hidden = np.asarray(backbone(inputs, training=False)["sequence_output"])
     # The forward pass is unchanged and the original `call` is back.
     np.testing.assert_allclose(hidden, expected_hidden, atol=1e-6)
     assert all("call" not in vars(b.self_attention) for b in transformer_blocks(backbone))

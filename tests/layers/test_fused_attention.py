@@ -113,8 +113,10 @@ def _call(layer, x=X, category=CATEGORY, rating=RATING, position=POSITION, basis
         kwargs["position_input"] = position
     if layer.use_hie:
         kwargs["hie_basis"] = _basis() if basis is None else basis
-    outputs = layer(x, attribute_inputs=[category, rating][: layer.num_attribute_inputs], **kwargs)
-    return np.asarray(outputs), {k: np.asarray(v) for k, v in layer.latest_side_outputs.items()}
+    outputs, side_outputs = layer(
+        x, attribute_inputs=[category, rating][: layer.num_attribute_inputs], return_side_outputs=True, **kwargs
+    )
+    return np.asarray(outputs), {k: np.asarray(v) for k, v in side_outputs.items()}
 
 
 def test_layer_behaviors(tmp_path):
@@ -232,17 +234,18 @@ def test_gradients_reach_every_weight():
     projection = np.random.default_rng(0).normal(size=(8,)).astype("float32")
 
     def loss():
-        output = layer(
+        output, side_outputs = layer(
             inputs[0],
             attention_mask=MASK,
             attribute_inputs=inputs[1:3],
             position_input=inputs[3],
             hie_basis=_basis(),
+            return_side_outputs=True,
             training=True,
         )
         total = keras.ops.sum(keras.ops.tanh(output) * projection)
         for key in ("attribute", "position"):
-            total = total + keras.ops.sum(keras.ops.tanh(layer.latest_side_outputs[key]) * projection)
+            total = total + keras.ops.sum(keras.ops.tanh(side_outputs[key]) * projection)
         return total
 
     assert_gradients_reach_every_weight(layer.trainable_variables, loss)
@@ -261,9 +264,8 @@ def test_component_of_transformer_block():
     block.build((None, None, 8))
     randomize_weights(block.trainable_weights)
     assert all(w.path.startswith(block.name + "/") for w in block.weights)
-    outputs = block(
-        X, attention_mask=MASK, attribute_inputs=[CATEGORY, RATING], position_input=POSITION, hie_basis=_basis()
-    )
+    kwargs = {"attribute_inputs": [CATEGORY, RATING], "position_input": POSITION, "hie_basis": _basis()}
+    outputs = block(X, attention_mask=MASK, **kwargs)
     attended, side = np_fused_attention(attention, X, [CATEGORY, RATING], POSITION, MASK, _basis())
     hidden = np_layer_norm(block.attention_layer_norm, X + attended)
     feedforward = np_dense(
@@ -271,10 +273,10 @@ def test_component_of_transformer_block():
     )
     expected = np_layer_norm(block.feedforward_layer_norm, hidden + feedforward)
     np.testing.assert_allclose(np.asarray(outputs)[REAL], expected[REAL], atol=1e-4)
-    # The side streams of the same call stay readable after the block.
-    np.testing.assert_allclose(
-        np.asarray(attention.latest_side_outputs["position"])[REAL], side["position"][REAL], atol=1e-4
-    )
+    # The block hands back the side streams of the same call, beside the same output.
+    block_outputs, side_outputs = block(X, attention_mask=MASK, return_side_outputs=True, **kwargs)
+    np.testing.assert_allclose(np.asarray(block_outputs), np.asarray(outputs), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(side_outputs["position"])[REAL], side["position"][REAL], atol=1e-4)
     run_serialization_test(block)
 
 
@@ -335,3 +337,24 @@ def test_returns_the_item_path_attention_probabilities():
     # Future and padded keys get no probability.
     disallowed = np.broadcast_to(~MASK[:, None], probabilities.shape)
     assert np.all(probabilities[disallowed & real_rows[..., None]] < 1e-6)
+
+
+def test_side_outputs_are_returned_after_the_probabilities():
+    layer = _layer(**FULL)
+    outputs, side = _call(layer)
+    kwargs = {"attention_mask": MASK, "position_input": POSITION, "hie_basis": _basis()}
+    returned = layer(
+        X,
+        attribute_inputs=[CATEGORY, RATING],
+        return_attention_scores=True,
+        return_side_outputs=True,
+        **kwargs,
+    )
+    assert len(returned) == 3
+    np.testing.assert_allclose(np.asarray(returned[0]), outputs, atol=1e-6)
+    assert tuple(returned[1].shape) == (2, layer.num_heads, 6, 6)
+    assert sorted(returned[2]) == sorted(side)
+    for key, value in side.items():
+        np.testing.assert_allclose(np.asarray(returned[2][key]), value, atol=1e-6)
+    # Without either flag the layer returns its output alone.
+    assert not isinstance(layer(X, attribute_inputs=[CATEGORY, RATING], **kwargs), tuple)

@@ -24,10 +24,11 @@ from helpers import (
     randomize_weights,
     run_backbone_test,
     run_model_saving_test,
+    run_serialization_test,
     side_feature_batches,
 )
 
-from tfsidefuse.models import ASIFBackbone, NextItemModel
+from tfsidefuse.models import ASIFAlignmentHead, ASIFBackbone, NextItemModel
 from tfsidefuse.models.registry import BACKBONES, side_feature_params
 
 # The plain-numpy references of the layers this model is made of.
@@ -118,18 +119,18 @@ def _np_backbone(backbone: ASIFBackbone, item_ids: np.ndarray, ratings: np.ndarr
     return x
 
 
-def _np_alignment(backbone: ASIFBackbone, item_ids: np.ndarray) -> float:
+def _np_alignment(backbone: ASIFBackbone, head: ASIFAlignmentHead, item_ids: np.ndarray) -> float:
     """`L_co` (docs/models.md#asif-losses) written with loops, from the raw embeddings."""
     x = np.asarray(backbone.item_embedding.embeddings)[item_ids].astype("float64")
     a = sum(_np_side_embeddings(backbone, item_ids, RATINGS)[: len(ITEM_FEATURES)])
     valid = (item_ids != 0) & (np.sum(a**2, axis=-1) > 0)
     d = x.shape[-1]
-    if backbone.rsa_scope == "sequence":
+    if head.rsa_scope == "sequence":
         groups = [(x[b], a[b], item_ids[b], valid[b]) for b in range(len(item_ids))]
     else:
         groups = [(x.reshape(-1, d), a.reshape(-1, d), item_ids.reshape(-1), valid.reshape(-1))]
-    tau, exclude = backbone.rsa_temperature, backbone.rsa_exclude_repeats
-    dedupe = exclude and backbone.rsa_scope == "batch"
+    tau, exclude = head.rsa_temperature, head.rsa_exclude_repeats
+    dedupe = exclude and head.rsa_scope == "batch"
     total, rows = 0.0, 0
     for gx, ga, gids, gvalid in groups:
         gx = gx / (np.linalg.norm(gx, axis=-1, keepdims=True) + 1e-8)
@@ -146,13 +147,13 @@ def _np_alignment(backbone: ASIFBackbone, item_ids: np.ndarray) -> float:
                 scores = np.array([anchor[t] @ others[j] / tau for j in keys])
                 total += -(anchor[t] @ others[t] / tau - np.log(np.sum(np.exp(scores))))
             rows += 1
-    if backbone.rsa_reduction == "mean_rows":
+    if head.rsa_reduction == "mean_rows":
         return total / (2 * max(rows, 1))
     return total / (2 * len(item_ids))
 
 
-def _model(backbone: ASIFBackbone) -> NextItemModel:
-    model = NextItemModel(backbone)
+def _model(backbone: ASIFBackbone, **head_kwargs) -> NextItemModel:
+    model = NextItemModel(backbone, heads=[ASIFAlignmentHead(**head_kwargs)])
     model.compile(metrics=[])
     return model
 
@@ -166,7 +167,7 @@ def test_registry_and_defaults():
     assert side_feature_params(ASIFBackbone) == ("item_features", "interaction_features")
     backbone = _backbone()
     backbone(INPUTS)
-    config = backbone.get_config()
+    config = {**backbone.get_config(), **ASIFAlignmentHead().get_config()}
     defaults = {
         "fusion": "add",
         "pooling": "mean",
@@ -221,7 +222,7 @@ def test_registry_and_defaults():
 def test_matches_numpy_reference(kwargs):
     backbone = _randomized(**kwargs)
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], expected[REAL], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[REAL], expected[REAL], atol=2e-4)
 
 
 @pytest.mark.parametrize("changed_keys", [("item_ids",), ("rating",)])
@@ -279,7 +280,8 @@ def test_gradients_reach_every_weight_through_the_training_loss(kwargs):
 
 @pytest.mark.parametrize("pooling", ["mean", "sum"])
 def test_alignment_loss_matches_numpy(pooling):
-    backbone = _randomized(rsa_weight=0.3, pooling=pooling)
+    backbone = _randomized(pooling=pooling)
+    outputs = backbone(INPUTS)
     cases = [
         {},
         {"rsa_reduction": "literal", "rsa_temperature": 0.5},
@@ -288,13 +290,11 @@ def test_alignment_loss_matches_numpy(pooling):
         {"rsa_exclude_repeats": False},
     ]
     for case in cases:
-        # The loss options are read when the loss is computed; one backbone serves every case.
-        for key, value in {**ASIFBackbone(**INIT_KWARGS).get_config(), **case}.items():
-            if key.startswith("rsa_") and key != "rsa_weight":
-                setattr(backbone, key, value)
-        losses = backbone.auxiliary_loss(INPUTS, LABELS, None)
+        # The loss options are the head's; one backbone serves every case.
+        head = ASIFAlignmentHead(**{"rsa_weight": 0.3, **case})
+        losses = head(outputs, INPUTS, LABELS, backbone=backbone)
         assert sorted(losses) == ["alignment"]
-        expected = _np_alignment(backbone, ITEM_IDS)
+        expected = _np_alignment(backbone, head, ITEM_IDS)
         np.testing.assert_allclose(float(losses["alignment"]), 0.3 * expected, rtol=1e-4, err_msg=str(case))
 
 
@@ -303,24 +303,26 @@ def test_alignment_loss_of_a_single_item_sequence_is_zero():
     item_ids = np.array([[0, 0, 0, 0, 0, 4]], dtype="int32")
     items = backbone.item_embedding(item_ids)
     attributes = backbone.side_information_embedding({"item_ids": item_ids, "rating": item_ids})["category"]
-    np.testing.assert_allclose(float(backbone.alignment_loss(item_ids, items, attributes)), 0.0, atol=1e-6)
+    head = ASIFAlignmentHead()
+    np.testing.assert_allclose(float(head.alignment_loss(item_ids, items, attributes)), 0.0, atol=1e-6)
 
 
 def test_alignment_loss_is_added_in_training_only():
     backbone = _randomized()
     model = _model(backbone)
-    alignment = float(backbone.auxiliary_loss(INPUTS, LABELS, None)["alignment"])
+    alignment = float(model.heads[0](backbone(INPUTS), INPUTS, LABELS, backbone=backbone)["alignment"])
     assert alignment > 0
     with_auxiliary = model.compute_loss(INPUTS, LABELS, model(INPUTS, training=True), training=True)
     without = model.compute_loss(INPUTS, LABELS, model(INPUTS, training=True), training=False)
     np.testing.assert_allclose(float(with_auxiliary) - float(without), alignment, rtol=1e-4)
-    assert _randomized(use_rsa=False).auxiliary_loss(INPUTS, LABELS, None) == {}
+    assert ASIFAlignmentHead(use_rsa=False)(backbone(INPUTS), INPUTS, LABELS, backbone=backbone) == {}
 
 
 def test_layer_source_and_orthogonality_losses():
-    backbone = _randomized(rsa_source="layers", hie_basis="soft", hie_orthogonality_weight=2.0)
-    backbone(INPUTS)
-    losses = backbone.auxiliary_loss(INPUTS, LABELS, None)
+    backbone = _randomized(hie_basis="soft")
+    head = ASIFAlignmentHead(rsa_source="layers", hie_orthogonality_weight=2.0)
+    outputs = backbone(INPUTS)
+    losses = head(outputs, INPUTS, LABELS, backbone=backbone)
     assert sorted(losses) == ["alignment", "orthogonality"]
     penalty = sum(
         np.sum((np.asarray(b.kernel).T.astype("float64") @ np.asarray(b.kernel) - np.eye(2)) ** 2)
@@ -330,8 +332,8 @@ def test_layer_source_and_orthogonality_losses():
     # The mean over layers of the loss on each layer's input streams.
     expected = np.mean(
         [
-            float(backbone.alignment_loss(ITEM_IDS, items, sum(attributes[1:], attributes[0])))
-            for items, attributes in backbone._layer_streams
+            float(head.alignment_loss(ITEM_IDS, items, attributes))
+            for items, attributes in zip(outputs["item_streams"], outputs["attribute_streams"])
         ]
     )
     np.testing.assert_allclose(float(losses["alignment"]), 0.1 * expected, rtol=1e-5)
@@ -389,16 +391,19 @@ LOSS_FLAGS = [
 def test_every_flag_changes_the_output_or_the_loss():
     # One reference for all variants (a backbone costs about a second to build and call eagerly).
     reference = _randomized()
-    hidden = np.asarray(reference(INPUTS))
-    losses = reference.auxiliary_loss(INPUTS, LABELS, None)
+    hidden = np.asarray(reference(INPUTS)["sequence_output"])
+    losses = ASIFAlignmentHead()(reference(INPUTS), INPUTS, LABELS, backbone=reference)
     unchanged = []
     for kwargs in OUTPUT_FLAGS:
-        if np.allclose(np.asarray(_variant(reference, **kwargs)(INPUTS))[REAL], hidden[REAL], atol=1e-4):
+        if np.allclose(
+            np.asarray(_variant(reference, **kwargs)(INPUTS)["sequence_output"])[REAL], hidden[REAL], atol=1e-4
+        ):
             unchanged.append(kwargs)
     for kwargs in LOSS_FLAGS:
-        variant = _variant(reference, **kwargs)
-        np.testing.assert_allclose(np.asarray(variant(INPUTS)), hidden, atol=1e-6)
-        actual = variant.auxiliary_loss(INPUTS, LABELS, None)
+        # The loss flags are the head's: the same backbone outputs.
+        variant = _variant(reference)
+        np.testing.assert_allclose(np.asarray(variant(INPUTS)["sequence_output"]), hidden, atol=1e-6)
+        actual = ASIFAlignmentHead(**kwargs)(variant(INPUTS), INPUTS, LABELS, backbone=variant)
         if actual.keys() == losses.keys() and np.isclose(float(actual["alignment"]), float(losses["alignment"])):
             unchanged.append(kwargs)
     assert unchanged == []
@@ -408,14 +413,16 @@ def test_output_table_flag_changes_the_scores():
     reference = _randomized()
     variant = _variant(reference, tie_output_table=False)
     assert variant.item_table() is variant.output_embedding.embeddings
-    np.testing.assert_allclose(np.asarray(variant(INPUTS)), np.asarray(reference(INPUTS)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(variant(INPUTS)["sequence_output"]), np.asarray(reference(INPUTS)["sequence_output"]), atol=1e-6
+    )
     assert not np.allclose(NextItemModel(variant)(INPUTS), NextItemModel(reference)(INPUTS), atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", [{"fusion": "gate"}, {"hie_basis": "fixed", "share_hie_basis": True}])
 def test_save_and_reload_keeps_predictions_and_tables(tmp_path, kwargs):
     backbone = _randomized(**kwargs)
-    model = NextItemModel(backbone)
+    model = NextItemModel(backbone, heads=[ASIFAlignmentHead()])
     # The item tables are weights, never config.
     assert [key for key in backbone.get_config() if "table" in key] == ["tie_output_table"]
     restored = run_model_saving_test(model, INPUTS, tmp_path)
@@ -430,7 +437,7 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path, kwargs):
 def test_fit_with_an_interaction_feature():
     keras.utils.set_random_seed(0)
     backbone = _backbone(dropout=0.1, attention_dropout=0.1)
-    model = NextItemModel(backbone)
+    model = NextItemModel(backbone, heads=[ASIFAlignmentHead()])
     inputs, labels = side_feature_batches()
     # Eager: tracing the step takes longer than the three epochs (the graph step is run by the CLI demo).
     model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=[], run_eagerly=True)
@@ -450,17 +457,10 @@ def test_missing_interaction_feature_is_named():
         ({"fusion": "mean"}, "fusion='mean'"),
         ({"pooling": "median"}, "pooling='median'"),
         ({"fused_attention": "none"}, "fused_attention='none'"),
-        ({"use_rsa": "yes"}, "use_rsa='yes'"),
         ({"update_position_stream": 0}, "update_position_stream=0"),
-        ({"rsa_weight": -0.1}, "rsa_weight=-0.1"),
-        ({"rsa_temperature": 0.0}, "rsa_temperature=0.0"),
-        ({"rsa_reduction": "sum"}, "rsa_reduction='sum'"),
-        ({"rsa_scope": "user"}, "rsa_scope='user'"),
-        ({"rsa_source": "hidden"}, "rsa_source='hidden'"),
         ({"hie_rank": 9}, "hie_rank=9"),
         ({"hie_rank": 0}, "hie_rank=0"),
         ({"hie_basis": "svd"}, "hie_basis='svd'"),
-        ({"hie_orthogonality_weight": -1}, "hie_orthogonality_weight=-1"),
         ({"hie_activation": "gelu"}, "hie_activation='gelu'"),
         ({"side_stream_update": "gate"}, "side_stream_update='gate'"),
         ({"score_scaling": "none"}, "score_scaling='none'"),
@@ -471,3 +471,27 @@ def test_missing_interaction_feature_is_named():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         ASIFBackbone(**{**INIT_KWARGS, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
+        ({"use_rsa": "yes"}, "use_rsa='yes'"),
+        ({"rsa_weight": -0.1}, "rsa_weight=-0.1"),
+        ({"rsa_temperature": 0.0}, "rsa_temperature=0.0"),
+        ({"rsa_reduction": "sum"}, "rsa_reduction='sum'"),
+        ({"rsa_scope": "user"}, "rsa_scope='user'"),
+        ({"rsa_source": "hidden"}, "rsa_source='hidden'"),
+        ({"hie_orthogonality_weight": -1}, "hie_orthogonality_weight=-1"),
+    ],
+)
+def test_invalid_head_arguments(kwargs, bad):
+    with pytest.raises(ValueError, match=bad):
+        ASIFAlignmentHead(**kwargs)
+
+
+def test_head_config_round_trip():
+    head = ASIFAlignmentHead(rsa_weight=0.3, rsa_scope="batch", rsa_source="layers", hie_orthogonality_weight=2.0)
+    for key in ("rsa_weight", "rsa_scope", "rsa_source", "hie_orthogonality_weight"):
+        assert key in head.get_config()
+    run_serialization_test(head)

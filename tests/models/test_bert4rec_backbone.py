@@ -71,10 +71,10 @@ def test_padding_invariance():
 
 def test_bidirectional_a_later_item_changes_earlier_hidden_states():
     backbone = _backbone()
-    before = np.asarray(backbone({"item_ids": ITEM_IDS}))
+    before = np.asarray(backbone({"item_ids": ITEM_IDS})["sequence_output"])
     changed = ITEM_IDS.copy()
     changed[:, -1] = [11, 12]
-    after = np.asarray(backbone({"item_ids": changed}))
+    after = np.asarray(backbone({"item_ids": changed})["sequence_output"])
     real = ITEM_IDS != 0
     for slot in range(5):
         rows = real[:, slot]
@@ -83,8 +83,8 @@ def test_bidirectional_a_later_item_changes_earlier_hidden_states():
     causal = _backbone()
     object.__setattr__(causal, "causal", True)
     np.testing.assert_allclose(
-        np.asarray(causal({"item_ids": changed}))[:, :5][real[:, :5]],
-        np.asarray(causal({"item_ids": ITEM_IDS}))[:, :5][real[:, :5]],
+        np.asarray(causal({"item_ids": changed})["sequence_output"])[:, :5][real[:, :5]],
+        np.asarray(causal({"item_ids": ITEM_IDS})["sequence_output"])[:, :5][real[:, :5]],
         atol=1e-6,
     )
 
@@ -102,22 +102,22 @@ def test_matches_numpy_reference():
     x = np_layer_norm(backbone.embeddings_layer_norm, x.astype("float64"))
     for block in backbone.transformer_layers:
         x = np_transformer_block(block, x, np_attention_mask(MASKED_IDS, causal=False))
-    outputs = np.asarray(backbone({"item_ids": MASKED_IDS}))
+    outputs = np.asarray(backbone({"item_ids": MASKED_IDS})["sequence_output"])
     np.testing.assert_allclose(outputs[real], x[real], atol=1e-4)
 
 
 def test_mask_token_is_its_own_embedding():
     backbone = _backbone(dropout=0.0, attention_dropout=0.0)
     as_oov = np.where(MASKED_IDS == MASK, 1, MASKED_IDS)
-    out = np.asarray(backbone({"item_ids": MASKED_IDS}))
-    assert not np.allclose(out, np.asarray(backbone({"item_ids": as_oov})))
+    out = np.asarray(backbone({"item_ids": MASKED_IDS})["sequence_output"])
+    assert not np.allclose(out, np.asarray(backbone({"item_ids": as_oov})["sequence_output"]))
 
 
 def test_dropout_only_in_training():
     backbone = _backbone()
     inputs = {"item_ids": MASKED_IDS}
-    np.testing.assert_allclose(backbone(inputs), backbone(inputs, training=False))
-    assert not np.allclose(backbone(inputs, training=True), backbone(inputs))
+    np.testing.assert_allclose(backbone(inputs)["sequence_output"], backbone(inputs, training=False)["sequence_output"])
+    assert not np.allclose(backbone(inputs, training=True)["sequence_output"], backbone(inputs)["sequence_output"])
 
 
 def test_gradients_reach_every_weight():
@@ -129,7 +129,7 @@ def test_gradients_reach_every_weight():
     assert any("mask_token_embedding" in name for name in names)
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(inputs, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(inputs, training=True)["sequence_output"]) * projection),
     )
 
 

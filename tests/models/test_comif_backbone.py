@@ -25,15 +25,28 @@ from helpers import (
     randomize_weights,
     run_backbone_test,
     run_model_saving_test,
+    run_serialization_test,
     side_feature_batches,
 )
 
 from tfsidefuse.layers import DecoupledAttention
-from tfsidefuse.models import COMIFBackbone, NextItemModel
+from tfsidefuse.models import COMIFAlignmentHead, COMIFBackbone, NextItemModel
 from tfsidefuse.models.registry import BACKBONES, side_feature_params
 
 INPUTS = SIDE_INPUTS
-INIT_KWARGS = {**SIDE_INIT_KWARGS, "upa_num_negatives": 3, "seed": 7}
+INIT_KWARGS = SIDE_INIT_KWARGS
+#: The arguments of the IAA and UPA objectives (`COMIFAlignmentHead`); the others are the backbone's.
+HEAD_KWARGS = {"upa_num_negatives": 3, "seed": 7}
+HEAD_ARGS = (
+    "iaa_weight",
+    "iaa_scope",
+    "iaa_multi_valued",
+    "upa_weight",
+    "upa_num_negatives",
+    "upa_negatives",
+    "upa_stop_gradient",
+    "seed",
+)
 NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0}
 # Next item of every slot; 0 where there is no target.
 LABELS = np.array([[0, 0, 7, 9, 3, 11], [4, 5, 6, 2, 8, 13]], dtype="int32")
@@ -56,6 +69,16 @@ def _randomized(**kwargs) -> COMIFBackbone:
     backbone(INPUTS)
     randomize_weights(backbone.trainable_weights, scale=0.5)
     return backbone
+
+
+def _head(**kwargs) -> COMIFAlignmentHead:
+    return COMIFAlignmentHead(**{**HEAD_KWARGS, **kwargs})
+
+
+def _split(kwargs: dict) -> tuple[dict, dict]:
+    """`kwargs` as the backbone's and the head's."""
+    backbone = {k: v for k, v in kwargs.items() if k not in HEAD_ARGS}
+    return backbone, {k: v for k, v in kwargs.items() if k in HEAD_ARGS}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -135,7 +158,7 @@ def _np_backbone(
     return x
 
 
-def _np_iaa(backbone: COMIFBackbone, items: list[int]) -> float:
+def _np_iaa(backbone: COMIFBackbone, items: list[int], multi_valued: str = "uniform") -> float:
     """Eq. 9 over `items`: softmax over the attribute vocabulary without the pad attribute, mean per feature."""
     item_table = np.asarray(backbone.item_embedding.embeddings).astype("float64")
     losses = []
@@ -147,7 +170,7 @@ def _np_iaa(backbone: COMIFBackbone, items: list[int]) -> float:
             values = [v for v in _tables()[feature["name"]][item] if v != 0]
             if values:
                 terms = [-log_probabilities[item, v - 1] for v in values]
-                per_item.append(np.mean(terms) if backbone.iaa_multi_valued == "uniform" else np.sum(terms))
+                per_item.append(np.mean(terms) if multi_valued == "uniform" else np.sum(terms))
         losses.append(np.mean(per_item))
     return float(np.mean(losses))
 
@@ -156,13 +179,14 @@ def _batch_items(labels: np.ndarray) -> list[int]:
     return sorted((set(ITEM_IDS.ravel()) | set(np.ravel(labels))) - {0})
 
 
-def _np_upa(backbone: COMIFBackbone, labels: np.ndarray) -> float:
-    """Eq. 10 with the negatives the backbone draws next (its seed state is restored)."""
-    k = backbone.upa_num_negatives
+def _np_upa(backbone: COMIFBackbone, head: COMIFAlignmentHead, labels: np.ndarray) -> float:
+    """Eq. 10 with the negatives the head draws next (its seed state is restored)."""
+    k = head.upa_num_negatives
     tiled_ids, tiled_ratings = np.tile(ITEM_IDS, (k, 1)), np.tile(RATINGS, (k, 1))
-    state = np.array(backbone.seed_generator.state)
-    random_ids = backbone.random_behavior_ids({"item_ids": tiled_ids, "rating": tiled_ratings}, tiled_ids != 0)
-    backbone.seed_generator.state.assign(state)
+    state = np.array(head.seed_generator.state)
+    tiled = {"item_ids": tiled_ids, "rating": tiled_ratings}
+    random_ids = head.random_behavior_ids(tiled, tiled_ids != 0, backbone)
+    head.seed_generator.state.assign(state)
     position_ids, ratings = (np.asarray(ids) for ids in random_ids)
     negatives = _np_backbone(backbone, tiled_ids, ratings, position_ids).reshape((k,) + ITEM_IDS.shape + (-1,))
     hidden = _np_backbone(backbone, ITEM_IDS, RATINGS)
@@ -191,7 +215,7 @@ def test_registered_with_both_feature_levels():
 def test_defaults_and_weights():
     backbone = COMIFBackbone(num_items=30)
     backbone({"item_ids": ITEM_IDS})
-    config = backbone.get_config()
+    config = {**backbone.get_config(), **COMIFAlignmentHead().get_config()}
     defaults = {
         "max_len": 50,
         "hidden_dim": 128,
@@ -240,7 +264,7 @@ def test_matches_numpy_reference(kwargs):
     backbone = _randomized(**kwargs)
     real = ITEM_IDS != 0
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[real], expected[real], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[real], expected[real], atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -262,7 +286,7 @@ def test_item_table_fuses_the_attributes_of_every_item(kwargs):
     # The scored logits are hidden states against this table.
     model = NextItemModel(backbone)
     logits = np.asarray(model(INPUTS, training=False, all_positions=True))
-    np.testing.assert_allclose(logits, np.asarray(backbone(INPUTS)) @ table.T, atol=1e-4)
+    np.testing.assert_allclose(logits, np.asarray(backbone(INPUTS)["sequence_output"]) @ table.T, atol=1e-4)
     if kwargs.get("fusion", "add") == "add" and backbone.prediction_fusion:
         # Item 13 has no attributes: its row is its id embedding alone.
         np.testing.assert_allclose(table[13], np.asarray(backbone.item_embedding.embeddings)[13], atol=1e-6)
@@ -281,20 +305,21 @@ def test_padding_invariance(attention_fusion):
     assert_padding_invariant(_randomized(attention_fusion=attention_fusion), INPUTS)
 
 
-def _training_loss(backbone: COMIFBackbone, labels: np.ndarray = LABELS):
-    hidden = backbone(INPUTS, training=True)
-    logits = keras.ops.matmul(hidden, keras.ops.transpose(backbone.item_table()))
+def _training_loss(backbone: COMIFBackbone, head: COMIFAlignmentHead, labels: np.ndarray = LABELS):
+    outputs = backbone(INPUTS, training=True)
+    logits = keras.ops.matmul(outputs["sequence_output"], keras.ops.transpose(backbone.item_table()))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)(labels, logits)
-    return loss + sum(backbone.auxiliary_loss(INPUTS, labels, hidden).values())
+    return loss + sum(head(outputs, INPUTS, labels, backbone=backbone).values())
 
 
 @pytest.mark.parametrize("attention_fusion", ["concat", "gate"])
 def test_gradients_reach_every_weight_through_the_training_loss(attention_fusion):
     backbone = _backbone(attention_fusion=attention_fusion, **NO_DROPOUT)
     backbone(INPUTS)
+    head = _head()
     names = [w.path for w in backbone.trainable_variables]
     assert sum("side_information_embedding" in n for n in names) == 3
-    assert_gradients_reach_every_weight(backbone.trainable_variables, lambda: _training_loss(backbone))
+    assert_gradients_reach_every_weight(backbone.trainable_variables, lambda: _training_loss(backbone, head))
 
 
 def test_gradients_of_each_part():
@@ -308,25 +333,27 @@ def test_gradients_of_each_part():
         attribute_tables + [backbone.item_embedding.embeddings],
         lambda: keras.ops.sum(backbone.item_table() * projection),
     )
+    head = _head()
     # IAA alone: the item and attribute tables.
     assert_gradients_reach_every_weight(
-        attribute_tables + [backbone.item_embedding.embeddings], lambda: backbone.iaa_loss(INPUTS, LABELS)
+        attribute_tables + [backbone.item_embedding.embeddings], lambda: head.iaa_loss(INPUTS, LABELS, backbone)
     )
     # UPA alone: every weight (attributes through the input and the target's fused embedding).
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: backbone.upa_loss(INPUTS, LABELS, backbone(INPUTS, training=True)),
+        lambda: head.upa_loss(INPUTS, LABELS, backbone(INPUTS, training=True)["sequence_output"], backbone),
     )
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"iaa_scope": "all_items"}, {"iaa_multi_valued": "sum", "iaa_weight": 1.2}])
 def test_iaa_matches_numpy(kwargs):
-    backbone = _randomized(**kwargs)
-    items = _batch_items(LABELS) if backbone.iaa_scope == "batch" else list(range(NUM_ITEMS))
-    expected = _np_iaa(backbone, items)
-    np.testing.assert_allclose(float(backbone.iaa_loss(INPUTS, LABELS)), expected, rtol=1e-5)
-    losses = backbone.auxiliary_loss(INPUTS, LABELS, backbone(INPUTS))
-    np.testing.assert_allclose(float(losses["iaa"]), backbone.iaa_weight * expected, rtol=1e-5)
+    backbone = _randomized()
+    head = _head(**kwargs)
+    items = _batch_items(LABELS) if head.iaa_scope == "batch" else list(range(NUM_ITEMS))
+    expected = _np_iaa(backbone, items, head.iaa_multi_valued)
+    np.testing.assert_allclose(float(head.iaa_loss(INPUTS, LABELS, backbone)), expected, rtol=1e-5)
+    losses = head(backbone(INPUTS), INPUTS, LABELS, backbone=backbone)
+    np.testing.assert_allclose(float(losses["iaa"]), head.iaa_weight * expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -339,18 +366,20 @@ def test_iaa_matches_numpy(kwargs):
     ],
 )
 def test_upa_matches_numpy(kwargs, labels):
-    backbone = _randomized(**kwargs)
-    expected = _np_upa(backbone, labels)
-    hidden = backbone(INPUTS)
-    np.testing.assert_allclose(float(backbone.upa_loss(INPUTS, labels, hidden)), expected, rtol=1e-4)
+    backbone_kwargs, head_kwargs = _split(kwargs)
+    backbone, head = _randomized(**backbone_kwargs), _head(**head_kwargs)
+    expected = _np_upa(backbone, head, labels)
+    hidden = backbone(INPUTS)["sequence_output"]
+    np.testing.assert_allclose(float(head.upa_loss(INPUTS, labels, hidden, backbone)), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize("upa_negatives", ["permute", "uniform"])
 def test_random_behaviors_keep_the_padding(upa_negatives):
-    backbone = _backbone(upa_negatives=upa_negatives)
+    backbone, head = _backbone(), _head(upa_negatives=upa_negatives)
     ids = np.tile(ITEM_IDS, (50, 1))
     ratings = np.tile(RATINGS, (50, 1))
-    positions, random_ratings = (np.asarray(x) for x in backbone.random_behavior_ids({"rating": ratings}, ids != 0))
+    random_ids = head.random_behavior_ids({"rating": ratings}, ids != 0, backbone)
+    positions, random_ratings = (np.asarray(x) for x in random_ids)
     real = ids != 0
     assert np.all(positions[~real] == 0) and np.all(random_ratings[~real] == 0)
     assert positions.min() >= 0 and positions.max() < 10
@@ -367,16 +396,16 @@ def test_random_behaviors_keep_the_padding(upa_negatives):
 
 
 def test_auxiliary_losses_are_added_in_training_only():
-    plain = NextItemModel(_backbone(iaa_weight=0.0, upa_weight=0.0, num_layers=1, **NO_DROPOUT))
-    weighted = NextItemModel(_backbone(iaa_weight=0.8, upa_weight=1.2, num_layers=1, **NO_DROPOUT))
+    plain = NextItemModel(_backbone(num_layers=1, **NO_DROPOUT), heads=[_head(iaa_weight=0.0, upa_weight=0.0)])
+    weighted = NextItemModel(_backbone(num_layers=1, **NO_DROPOUT), heads=[_head(iaa_weight=0.8, upa_weight=1.2)])
     for model in (plain, weighted):
         model(INPUTS)
     randomize_weights(plain.backbone.trainable_weights, scale=0.3)
     for w, v in zip(weighted.backbone.trainable_weights, plain.backbone.trainable_weights):
         w.assign(v)
-    assert plain.backbone.auxiliary_loss(INPUTS, LABELS, None) == {}
+    assert plain.heads[0](plain.backbone(INPUTS), INPUTS, LABELS, backbone=plain.backbone) == {}
     backbone = weighted.backbone
-    expected = 0.8 * _np_iaa(backbone, _batch_items(LABELS)) + 1.2 * _np_upa(backbone, LABELS)
+    expected = 0.8 * _np_iaa(backbone, _batch_items(LABELS)) + 1.2 * _np_upa(backbone, weighted.heads[0], LABELS)
     for model in (plain, weighted):
         model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[], run_eagerly=True)
     losses = [m.train_on_batch(INPUTS, LABELS, return_dict=True)["loss"] for m in (plain, weighted)]
@@ -391,29 +420,31 @@ def test_each_flag_changes_the_output_or_a_loss():
     reference = _randomized(num_layers=1)
     shared = {w.path: np.asarray(w) for w in reference.trainable_weights}
 
-    def variant(**kwargs) -> COMIFBackbone:
-        backbone = _backbone(**{**NO_DROPOUT, "num_layers": 1, **kwargs})
+    def variant(**kwargs) -> tuple[COMIFBackbone, COMIFAlignmentHead]:
+        backbone_kwargs, head_kwargs = _split(kwargs)
+        backbone = _backbone(**{**NO_DROPOUT, "num_layers": 1, **backbone_kwargs})
         backbone(INPUTS)
         randomize_weights(backbone.trainable_weights, scale=0.5, seed=2)
         for w in backbone.trainable_weights:
             if w.path in shared and tuple(w.shape) == shared[w.path].shape:
                 w.assign(shared[w.path])
-        return backbone
+        return backbone, _head(**head_kwargs)
 
-    def results(backbone: COMIFBackbone, key: str) -> np.ndarray:
+    def results(model: tuple[COMIFBackbone, COMIFAlignmentHead], key: str) -> np.ndarray:
+        backbone, head = model
         if key == "hidden":
-            return np.asarray(backbone(INPUTS))
+            return np.asarray(backbone(INPUTS)["sequence_output"])
         if key == "table":
             return np.asarray(backbone.item_table())
         if key == "iaa":
-            return np.asarray(backbone.iaa_loss(INPUTS, LABELS))
-        state = np.array(backbone.seed_generator.state)
-        hidden = backbone(INPUTS)
+            return np.asarray(head.iaa_loss(INPUTS, LABELS, backbone))
+        state = np.array(head.seed_generator.state)
+        outputs = backbone(INPUTS)
         if key == "upa":
-            value = np.asarray(backbone.upa_loss(INPUTS, LABELS, hidden))
+            value = np.asarray(head.upa_loss(INPUTS, LABELS, outputs["sequence_output"], backbone))
         else:
-            value = {k: float(v) for k, v in backbone.auxiliary_loss(INPUTS, LABELS, hidden).items()}
-        backbone.seed_generator.state.assign(state)
+            value = {k: float(v) for k, v in head(outputs, INPUTS, LABELS, backbone=backbone).items()}
+        head.seed_generator.state.assign(state)
         return value
 
     reference = variant()
@@ -450,11 +481,12 @@ def test_each_flag_changes_the_output_or_a_loss():
     assert results(variant(iaa_weight=0, upa_weight=0.0), "aux") == {}
 
     # Stopping the gradient of the negatives changes what UPA trains, not its value.
-    def upa_gradient(backbone):
-        state = np.array(backbone.seed_generator.state)
+    def upa_gradient(model):
+        backbone, head = model
+        state = np.array(head.seed_generator.state)
         with tf.GradientTape() as tape:
-            loss = backbone.upa_loss(INPUTS, LABELS, backbone(INPUTS))
-        backbone.seed_generator.state.assign(state)
+            loss = head.upa_loss(INPUTS, LABELS, backbone(INPUTS)["sequence_output"], backbone)
+        head.seed_generator.state.assign(state)
         gradient = tape.gradient(loss, backbone.position_embedding.embeddings.value)
         return float(loss), np.asarray(tf.convert_to_tensor(gradient))
 
@@ -468,15 +500,15 @@ def test_each_flag_changes_the_output_or_a_loss():
 
 def test_no_item_features_means_no_iaa():
     backbone = COMIFBackbone(num_items=NUM_ITEMS, max_len=10, hidden_dim=8, num_heads=2, ff_dim=16)
-    hidden = backbone({"item_ids": ITEM_IDS})
-    losses = backbone.auxiliary_loss({"item_ids": ITEM_IDS}, LABELS, hidden)
+    outputs = backbone({"item_ids": ITEM_IDS})
+    losses = COMIFAlignmentHead()(outputs, {"item_ids": ITEM_IDS}, LABELS, backbone=backbone)
     assert set(losses) == {"upa"}
     np.testing.assert_allclose(np.asarray(backbone.item_table()), np.asarray(backbone.item_embedding.embeddings))
 
 
 def test_save_and_reload_keeps_predictions_and_tables(tmp_path):
     backbone = _randomized(fusion="gate")
-    model = NextItemModel(backbone)
+    model = NextItemModel(backbone, heads=[_head()])
     assert "table" not in str(backbone.get_config())
     restored = run_model_saving_test(model, INPUTS, tmp_path)
     assert isinstance(restored.backbone, COMIFBackbone)
@@ -487,8 +519,8 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path):
 
 def test_fit_with_an_interaction_feature():
     keras.utils.set_random_seed(0)
-    backbone = _backbone(dropout=0.1, attention_dropout=0.1, num_layers=1, upa_num_negatives=2)
-    model = NextItemModel(backbone)
+    backbone = _backbone(dropout=0.1, attention_dropout=0.1, num_layers=1)
+    model = NextItemModel(backbone, heads=[_head(upa_num_negatives=2)])
     inputs, labels = side_feature_batches()
     model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=[], run_eagerly=True)
     attribute_tables = [e.embeddings for e in backbone.side_information_embedding.item_feature_embeddings]
@@ -521,6 +553,17 @@ def test_set_item_feature_tables_validates():
         ({"position_at_input": 1}, "position_at_input=1"),
         ({"prediction_fusion": None}, "prediction_fusion=None"),
         ({"prediction_pooling": "max"}, "prediction_pooling='max'"),
+        ({"interaction_features": [{"name": "brand", "vocab_size": 3}]}, "duplicate"),
+    ],
+)
+def test_invalid_arguments(kwargs, bad):
+    with pytest.raises(ValueError, match=bad):
+        COMIFBackbone(**{**INIT_KWARGS, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
         ({"iaa_weight": -0.4}, "iaa_weight=-0.4"),
         ({"iaa_scope": "epoch"}, "iaa_scope='epoch'"),
         ({"iaa_multi_valued": "first"}, "iaa_multi_valued='first'"),
@@ -529,9 +572,15 @@ def test_set_item_feature_tables_validates():
         ({"upa_negatives": "shuffle"}, "upa_negatives='shuffle'"),
         ({"upa_stop_gradient": "no"}, "upa_stop_gradient='no'"),
         ({"seed": 1.5}, "seed=1.5"),
-        ({"interaction_features": [{"name": "brand", "vocab_size": 3}]}, "duplicate"),
     ],
 )
-def test_invalid_arguments(kwargs, bad):
+def test_invalid_head_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
-        COMIFBackbone(**{**INIT_KWARGS, **kwargs})
+        COMIFAlignmentHead(**kwargs)
+
+
+def test_head_config_round_trip():
+    head = COMIFAlignmentHead(iaa_weight=0.8, iaa_scope="all_items", upa_negatives="uniform", seed=3)
+    for key in HEAD_ARGS:
+        assert key in head.get_config()
+    run_serialization_test(head)

@@ -19,12 +19,13 @@ from helpers import (
     randomize_weights,
     run_backbone_test,
     run_model_saving_test,
+    run_serialization_test,
     side_feature_batches,
 )
 
 from tfsidefuse.layers import DecoupledAttention
-from tfsidefuse.models import DIFSRBackbone, NextItemModel
-from tfsidefuse.models.difsr.difsr_backbone import attribute_log_odds
+from tfsidefuse.models import DIFSRAttributeHead, DIFSRBackbone, NextItemModel
+from tfsidefuse.models.difsr.difsr_attribute_head import attribute_log_odds
 
 INTERACTION_FEATURES = [{"name": "action", "vocab_size": 6}]
 INIT_KWARGS = {
@@ -38,8 +39,9 @@ INIT_KWARGS = {
     "num_heads": 2,
     "ff_dim": 16,
     "fusion": "gate",
-    "lambda_attr": 2.0,
 }
+#: The attribute predictors' arguments (`DIFSRAttributeHead`); the others are the backbone's.
+HEAD_KWARGS = {"lambda_attr": 2.0}
 ACTIONS = np.array([[0, 0, 2, 5, 3, 4], [4, 3, 2, 5, 5, 1]], dtype="int32")
 INPUTS = {"item_ids": ITEM_IDS, "action": ACTIONS}
 # Next item at every slot; 0 where there is no target.
@@ -85,10 +87,16 @@ def _np_backbone(backbone: DIFSRBackbone, item_ids: np.ndarray, actions: np.ndar
     return x
 
 
-def _np_attribute_loss(backbone: DIFSRBackbone, hidden: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def _head(backbone: DIFSRBackbone, **kwargs) -> DIFSRAttributeHead:
+    head = DIFSRAttributeHead(backbone.item_features, backbone.hidden_dim, **{**HEAD_KWARGS, **kwargs})
+    head.set_item_feature_tables(item_feature_tables())
+    return head
+
+
+def _np_attribute_loss(head: DIFSRAttributeHead, hidden: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """docs/models.md#difsr, attribute predictors: multi-hot BCE over the non-pad classes, mean over target slots."""
     losses = {}
-    for feature, predictor in zip(ITEM_FEATURES, backbone.attribute_predictors):
+    for feature, predictor in zip(ITEM_FEATURES, head.attribute_predictors):
         logits = np_dense(predictor, hidden.astype("float64"))
         targets = np.zeros(logits.shape)
         for index in np.ndindex(labels.shape):
@@ -96,12 +104,14 @@ def _np_attribute_loss(backbone: DIFSRBackbone, hidden: np.ndarray, labels: np.n
                 targets[index + (attribute,)] = 1.0
         bce = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
         per_slot = bce[..., 1:].mean(axis=-1)
-        losses[f"attribute_{feature['name']}"] = backbone.lambda_attr * per_slot[labels != 0].mean()
+        losses[f"attribute_{feature['name']}"] = head.lambda_attr * per_slot[labels != 0].mean()
     return losses
 
 
 def _model(**kwargs) -> NextItemModel:
-    model = NextItemModel(_backbone(**{**NO_DROPOUT, **kwargs}))
+    head_kwargs = {k: kwargs.pop(k) for k in ("lambda_attr", "attribute_predictor_bias") if k in kwargs}
+    backbone = _backbone(**{**NO_DROPOUT, **kwargs})
+    model = NextItemModel(backbone, heads=[_head(backbone, **head_kwargs)])
     model(INPUTS)
     return model
 
@@ -111,7 +121,7 @@ def test_backbone_behaviors(tmp_path):
 
 
 def test_defaults_are_the_official_beauty_hyper_parameters():
-    config = DIFSRBackbone(num_items=30).get_config()
+    config = {**DIFSRBackbone(num_items=30).get_config(), **DIFSRAttributeHead().get_config()}
     defaults = {
         "max_len": 50,
         "item_features": [],
@@ -141,7 +151,7 @@ def test_weights():
     assert attention.fusion == "gate" and attention.max_len == 8
     assert len(backbone.non_trainable_weights) == 2  # the item -> attribute ids tables
     assert backbone.item_table() is backbone.item_embedding.embeddings
-    assert [p.units for p in backbone.attribute_predictors] == [7, 5]
+    assert [p.units for p in _head(backbone).attribute_predictors] == [7, 5]
     for w in backbone.side_information_embedding.trainable_weights:
         assert w.trainable  # the attribute tables train (the official code freezes them)
         assert w.shape[1] == 4
@@ -175,11 +185,15 @@ def test_parameter_count_matches_the_official_log():
     assert _official_count(12102, 256, 50, 4, 64, 256, [355]) == 5_355_783
     beauty = DIFSRBackbone(num_items=12102, item_features=[{"name": "categories", "vocab_size": 355, "max_values": 5}])
     beauty.build()
+    head = DIFSRAttributeHead(beauty.item_features, beauty.hidden_dim)
+    head.build()
     attribute_table = 355 * 64  # trainable here, frozen (and so not logged) in the official code
     # RecBole's gate output bias cancels in the softmax over sources (and never gets a gradient): left out.
     gate_output_biases = 4
-    assert beauty.count_params() - 12102 * 5 == 5_355_783 + attribute_table - gate_output_biases
-    assert sum(int(np.prod(w.shape)) for w in beauty.trainable_weights) == beauty.count_params() - 12102 * 5
+    count = beauty.count_params() + head.count_params()
+    assert count - 12102 * 5 == 5_355_783 + attribute_table - gate_output_biases
+    trainable_weights = beauty.trainable_weights + head.trainable_weights
+    assert sum(int(np.prod(w.shape)) for w in trainable_weights) == count - 12102 * 5
 
 
 @pytest.mark.parametrize("fusion", ["sum", "concat", "gate"])
@@ -188,7 +202,7 @@ def test_parameter_count_small_config(fusion):
     # Interaction features are sources without predictor; tables: 7 + 5 + 6 rows of width 4.
     expected = _official_count(NUM_ITEMS, 8, 8, 2, 4, 16, [7, 5], fusion=fusion, n_sources=3)
     expected += (7 + 5 + 6) * 4 - (2 if fusion == "gate" else 0)
-    trainable = sum(int(np.prod(w.shape)) for w in backbone.trainable_weights)
+    trainable = sum(int(np.prod(w.shape)) for w in backbone.trainable_weights + _head(backbone).trainable_weights)
     assert trainable == expected
 
 
@@ -199,7 +213,7 @@ def test_matches_numpy_reference(fusion):
     randomize_weights(backbone.trainable_weights)
     real = ITEM_IDS != 0
     expected = _np_backbone(backbone, ITEM_IDS, ACTIONS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[real], expected[real], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[real], expected[real], atol=1e-4)
 
 
 @pytest.mark.parametrize("fusion", ["sum", "concat", "gate"])
@@ -235,27 +249,30 @@ def test_gradients_reach_every_weight_through_the_training_loss():
         return model.compute_loss(x=INPUTS, y=LABELS, y_pred=y_pred, training=True)
 
     assert_gradients_reach_every_weight(model.trainable_variables, training_loss)
-    assert len(model.trainable_variables) == len(backbone.trainable_variables)
+    assert len(model.trainable_variables) == len(backbone.trainable_variables) + len(model.heads[0].trainable_variables)
 
 
 def test_auxiliary_loss_matches_numpy():
     backbone = _backbone(**NO_DROPOUT)
     backbone(INPUTS)
-    randomize_weights(backbone.trainable_weights)
-    hidden = backbone(INPUTS)
+    head = _head(backbone)
+    randomize_weights(backbone.trainable_weights + head.trainable_weights)
+    outputs = backbone(INPUTS)
+    hidden = outputs["sequence_output"]
     # All-position labels: every slot with a target; last-position labels: the last slot.
     for labels, states in ((LABELS, np.asarray(hidden)), (LABELS[:, -1], np.asarray(hidden)[:, -1])):
-        losses = backbone.auxiliary_loss(INPUTS, labels, hidden)
-        expected = _np_attribute_loss(backbone, states, labels)
+        losses = head(outputs, INPUTS, labels, backbone=backbone)
+        expected = _np_attribute_loss(head, states, labels)
         assert sorted(losses) == ["attribute_brand", "attribute_category"]
         for name, value in expected.items():
             np.testing.assert_allclose(float(losses[name]), value, rtol=1e-5)
     # Near ln 2 per class at initialisation (docs/models.md#difsr), times lambda.
     fresh = _backbone()
-    losses = fresh.auxiliary_loss(INPUTS, LABELS, fresh(INPUTS))
+    losses = _head(fresh)(fresh(INPUTS), INPUTS, LABELS, backbone=fresh)
     np.testing.assert_allclose(float(losses["attribute_category"]), 2.0 * np.log(2.0), rtol=0.05)
-    assert _backbone(lambda_attr=0.0).auxiliary_loss(INPUTS, LABELS, hidden) == {}
-    assert DIFSRBackbone(**{**INIT_KWARGS, "item_features": []}).auxiliary_loss(INPUTS, LABELS, hidden) == {}
+    assert _head(backbone, lambda_attr=0.0)(outputs, INPUTS, LABELS, backbone=backbone) == {}
+    no_items = DIFSRBackbone(**{**INIT_KWARGS, "item_features": []})
+    assert DIFSRAttributeHead(no_items.item_features, 8)(outputs, INPUTS, LABELS, backbone=no_items) == {}
 
 
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")  # no predictor gradient with lambda 0
@@ -268,7 +285,7 @@ def test_auxiliary_loss_is_added_in_training_only():
         # Eager: the same code path as a traced step, without the tracing time.
         model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[], run_eagerly=True)
     losses = [m.train_on_batch(INPUTS, LABELS, return_dict=True)["loss"] for m in (plain, weighted)]
-    expected = _np_attribute_loss(weighted.backbone, np.asarray(weighted.backbone(INPUTS)), LABELS)
+    expected = _np_attribute_loss(weighted.heads[0], np.asarray(weighted.backbone(INPUTS)["sequence_output"]), LABELS)
     np.testing.assert_allclose(losses[1], losses[0] + sum(expected.values()), rtol=1e-5)
     # Evaluation reports the next-item loss alone.
     evaluated = [m.test_on_batch(INPUTS, LABELS[:, -1], return_dict=True)["loss"] for m in (plain, weighted)]
@@ -290,7 +307,7 @@ def test_each_flag_changes_the_output():
                 w.assign(shared[w.path])
             elif "score_fusion" in w.path:
                 w.assign(np.random.default_rng(2).normal(size=w.shape).astype("float32"))
-        return np.asarray(backbone(INPUTS))
+        return np.asarray(backbone(INPUTS)["sequence_output"])
 
     results = {
         "gate": outputs(),
@@ -310,7 +327,7 @@ def test_each_flag_changes_the_output():
     for w in changed.weights:
         w.assign(shared[w.path])
     changed.set_item_feature_tables({name: np.where(t > 0, t % 3 + 2, 0) for name, t in item_feature_tables().items()})
-    assert not np.allclose(np.asarray(changed(INPUTS)), results["gate"], atol=1e-4)
+    assert not np.allclose(np.asarray(changed(INPUTS)["sequence_output"]), results["gate"], atol=1e-4)
 
 
 def test_save_and_reload_keeps_predictions_and_tables(tmp_path):
@@ -320,21 +337,23 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path):
     assert isinstance(restored.backbone, DIFSRBackbone)
     assert restored.backbone.get_config() == model.backbone.get_config()
     assert_item_feature_tables(restored.backbone, item_feature_tables())
-    for before, after in zip(model.backbone.attribute_predictors, restored.backbone.attribute_predictors):
+    assert restored.heads[0].get_config() == model.heads[0].get_config()
+    for before, after in zip(model.heads[0].attribute_predictors, restored.heads[0].attribute_predictors):
         np.testing.assert_array_equal(after.kernel, before.kernel)
 
 
 def test_fit_trains_attribute_tables_and_predictors():
     keras.utils.set_random_seed(0)
     # One layer and plain SGD keep the traced training step cheap.
-    model = NextItemModel(_backbone(num_layers=1, dropout=0.1, attention_dropout=0.1))
+    backbone = _backbone(num_layers=1, dropout=0.1, attention_dropout=0.1)
+    head = _head(backbone)
+    model = NextItemModel(backbone, heads=[head])
     inputs, labels = side_feature_batches("action")
     model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=[])
-    backbone = model.backbone
     # Larger than the N(0, 0.02) start, where the attribute score maps (products of four small factors) are
     # nearly flat and plain SGD moves their tables by less than float32 resolution.
-    randomize_weights(backbone.trainable_weights, scale=0.2)
-    watched = backbone.side_information_embedding.trainable_weights + [p.kernel for p in backbone.attribute_predictors]
+    randomize_weights(backbone.trainable_weights + head.trainable_weights, scale=0.2)
+    watched = backbone.side_information_embedding.trainable_weights + [p.kernel for p in head.attribute_predictors]
     assert_fit_trains(model, inputs, labels, watched, any_change=True)
 
 
@@ -347,20 +366,23 @@ def test_attribute_log_odds_by_hand():
 
 
 def test_prior_predictor_bias_starts_at_the_attribute_frequencies():
-    zeros, prior = _backbone(**NO_DROPOUT), _backbone(attribute_predictor_bias="prior", **NO_DROPOUT)
+    zeros = _backbone(**NO_DROPOUT)
+    zeros_head = _head(zeros)
+    prior = _backbone(**NO_DROPOUT)
+    prior_head = _head(prior, attribute_predictor_bias="prior")
     tables = item_feature_tables()
-    for feature, predictor in zip(ITEM_FEATURES, prior.attribute_predictors):
+    for feature, predictor in zip(ITEM_FEATURES, prior_head.attribute_predictors):
         np.testing.assert_allclose(predictor.bias, attribute_log_odds(tables[feature["name"]], feature["vocab_size"]))
-    for predictor in zeros.attribute_predictors:
+    for predictor in zeros_head.attribute_predictors:
         np.testing.assert_array_equal(predictor.bias, 0.0)
     # The same seed gives the same other weights: only the predictor biases differ, and the prior starts the
     # attribute losses lower than probability 0.5 for every attribute.
-    zeros_loss = zeros.auxiliary_loss(INPUTS, LABELS, zeros(INPUTS))
-    prior_loss = prior.auxiliary_loss(INPUTS, LABELS, prior(INPUTS))
+    zeros_loss = zeros_head(zeros(INPUTS), INPUTS, LABELS, backbone=zeros)
+    prior_loss = prior_head(prior(INPUTS), INPUTS, LABELS, backbone=prior)
     for name in ("attribute_category", "attribute_brand"):
         assert float(prior_loss[name]) < float(zeros_loss[name])
     # With a zero kernel the predicted probabilities are the smoothed item frequencies.
-    predictor = prior.attribute_predictors[1]
+    predictor = prior_head.attribute_predictors[1]
     predictor.kernel.assign(np.zeros(predictor.kernel.shape, "float32"))
     probabilities = keras.ops.sigmoid(predictor(np.ones((1, 8), "float32")))[0, 2:]
     brands = tables["brand"][2:, 0]
@@ -370,10 +392,10 @@ def test_prior_predictor_bias_starts_at_the_attribute_frequencies():
 def test_prior_predictor_bias_survives_save_and_reload(tmp_path):
     model = _model(attribute_predictor_bias="prior")
     trained = np.linspace(-3.0, 1.0, ITEM_FEATURES[0]["vocab_size"]).astype("float32")
-    model.backbone.attribute_predictors[0].bias.assign(trained)
+    model.heads[0].attribute_predictors[0].bias.assign(trained)
     restored = run_model_saving_test(model, INPUTS, tmp_path)
-    assert restored.backbone.attribute_predictor_bias == "prior"
-    np.testing.assert_array_equal(restored.backbone.attribute_predictors[0].bias, trained)
+    assert restored.heads[0].attribute_predictor_bias == "prior"
+    np.testing.assert_array_equal(restored.heads[0].attribute_predictors[0].bias, trained)
 
 
 def test_set_item_feature_tables_validates():
@@ -392,9 +414,6 @@ def test_set_item_feature_tables_validates():
         ({"attribute_hidden_dim": 4.0}, "attribute_hidden_dim=4.0"),
         ({"fusion": "add"}, "fusion='add'"),
         ({"pooling": "median"}, "pooling='median'"),
-        ({"attribute_predictor_bias": "ones"}, "attribute_predictor_bias='ones'"),
-        ({"lambda_attr": -1.0}, "lambda_attr=-1.0"),
-        ({"lambda_attr": "10"}, "lambda_attr='10'"),
         ({"dropout": 1.5}, "dropout=1.5"),
         ({"item_features": [{"name": "category", "vocab_size": 0, "max_values": 2}]}, "vocab_size=0"),
         ({"interaction_features": [{"name": "brand", "vocab_size": 3}]}, "duplicate"),
@@ -405,13 +424,35 @@ def test_invalid_arguments(kwargs, bad):
         DIFSRBackbone(**{**INIT_KWARGS, **kwargs})
 
 
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
+        ({"attribute_predictor_bias": "ones"}, "attribute_predictor_bias='ones'"),
+        ({"lambda_attr": -1.0}, "lambda_attr=-1.0"),
+        ({"lambda_attr": "10"}, "lambda_attr='10'"),
+        ({"hidden_dim": 0}, "hidden_dim=0"),
+        ({"item_features": [{"name": "category"}]}, "vocab_size"),
+    ],
+)
+def test_invalid_head_arguments(kwargs, bad):
+    with pytest.raises(ValueError, match=bad):
+        DIFSRAttributeHead(**{"item_features": ITEM_FEATURES, "hidden_dim": 8, **kwargs})
+
+
+def test_head_config_round_trip():
+    head = DIFSRAttributeHead(ITEM_FEATURES, 8, lambda_attr=2.0, attribute_predictor_bias="prior")
+    for key in ("item_features", "hidden_dim", "lambda_attr", "attribute_predictor_bias"):
+        assert key in head.get_config()
+    run_serialization_test(head)
+
+
 @pytest.mark.parametrize("fusion", ["sum", "gate"])
 def test_last_position_only_equals_the_last_slot_and_drives_last_position_scoring(fusion):
     backbone = _backbone(fusion=fusion)
     backbone(INPUTS)
     randomize_weights(backbone.trainable_weights)
-    full = np.asarray(backbone(INPUTS))
-    last = np.asarray(backbone(INPUTS, last_position_only=True))
+    full = np.asarray(backbone(INPUTS)["sequence_output"])
+    last = np.asarray(backbone(INPUTS, last_position_only=True)["sequence_output"])
     assert last.shape == (2, 1, 8)
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)
     # The model's inference logits come from it: the full states' last slot against the item table.
@@ -423,11 +464,14 @@ def test_last_position_only_equals_the_last_slot_and_drives_last_position_scorin
     # Last-position training with the attribute losses: the loss of the full states' last slot.
     labels = LABELS[:, -1]
     model.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[], run_eagerly=True)
-    backbone_loss = model.backbone.auxiliary_loss(INPUTS, labels, full)
+    head = _head(backbone)
+    backbone_loss = head({"sequence_output": full}, INPUTS, labels, backbone=backbone)
     next_item = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, expected)
-    model_no_dropout = NextItemModel(_backbone(fusion=fusion, **NO_DROPOUT), train_on="last_position")
+    no_dropout = _backbone(fusion=fusion, **NO_DROPOUT)
+    model_no_dropout = NextItemModel(no_dropout, train_on="last_position", heads=[_head(no_dropout)])
     model_no_dropout.backbone(INPUTS)
     model_no_dropout.backbone.set_weights(backbone.get_weights())
+    model_no_dropout.heads[0].set_weights(head.get_weights())
     model_no_dropout.compile(optimizer=keras.optimizers.SGD(0.0), metrics=[], run_eagerly=True)
     loss = model_no_dropout.train_on_batch(INPUTS, labels, return_dict=True)["loss"]
     np.testing.assert_allclose(loss, float(next_item) + sum(float(v) for v in backbone_loss.values()), rtol=1e-5)

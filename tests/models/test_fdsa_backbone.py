@@ -28,7 +28,7 @@ from helpers import (
 )
 
 from tfsidefuse.models import FDSABackbone, NextItemModel, SASRecBackbone
-from tfsidefuse.models.registry import BACKBONES
+from tfsidefuse.models.registry import BACKBONES, build_heads
 
 INIT_KWARGS = SIDE_INIT_KWARGS
 INPUTS = SIDE_INPUTS
@@ -126,7 +126,7 @@ def test_weights_and_defaults():
     assert tuple(backbone.feature_fusion_layer.gate_hidden_dense.kernel.shape) == (8, 8)
     assert tuple(backbone.tower_fusion.projection.kernel.shape) == (16, 8)
     assert backbone.item_table() is backbone.item_embedding.embeddings
-    assert backbone.auxiliary_loss(INPUTS, ITEM_IDS, None) == {}
+    assert build_heads("fdsa", {}, backbone) == []  # no auxiliary objective
 
     # Unshared: two more layer norms.
     backbone = _backbone(share_layer_norm=False)
@@ -149,7 +149,7 @@ def test_matches_numpy_reference(kwargs):
     randomize_weights(backbone.trainable_weights)
     real = ITEM_IDS != 0
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[real], expected[real], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[real], expected[real], atol=1e-4)
 
 
 def test_every_flag_changes_the_output():
@@ -157,7 +157,7 @@ def test_every_flag_changes_the_output():
     reference(INPUTS)
     randomize_weights(reference.trainable_weights)
     shared = {w.path: w for w in reference.weights}
-    expected = np.asarray(reference(INPUTS))
+    expected = np.asarray(reference(INPUTS)["sequence_output"])
 
     def outputs(**kwargs):
         backbone = _backbone(**kwargs)
@@ -166,7 +166,7 @@ def test_every_flag_changes_the_output():
         rng = np.random.default_rng(2)
         for w in backbone.weights:
             w.assign(shared[w.path] if w.path in shared else rng.normal(size=w.shape).astype("float32"))
-        return np.asarray(backbone(INPUTS))
+        return np.asarray(backbone(INPUTS)["sequence_output"])
 
     variants = [
         {"pooling": "sum"},
@@ -186,16 +186,16 @@ def test_both_towers_matter():
     backbone = _backbone()
     backbone(INPUTS)
     randomize_weights(backbone.trainable_weights)
-    before = np.asarray(backbone(INPUTS))
+    before = np.asarray(backbone(INPUTS)["sequence_output"])
     # Other item attributes for the same item ids change the output (feature tower).
     tables = item_feature_tables()
     tables["brand"][1:] = tables["brand"][1:] % 4 + 1
     backbone.set_item_feature_tables(tables)
-    assert not np.allclose(np.asarray(backbone(INPUTS)), before, atol=1e-4)
+    assert not np.allclose(np.asarray(backbone(INPUTS)["sequence_output"]), before, atol=1e-4)
     backbone.set_item_feature_tables(item_feature_tables())
     # Other item embeddings with the same attributes change it too (item tower).
     backbone.item_embedding.embeddings.assign(np.asarray(backbone.item_embedding.embeddings)[::-1])
-    assert not np.allclose(np.asarray(backbone(INPUTS)), before, atol=1e-4)
+    assert not np.allclose(np.asarray(backbone(INPUTS)["sequence_output"]), before, atol=1e-4)
 
 
 def test_padding_invariance():
@@ -223,7 +223,7 @@ def test_gradients_reach_every_weight(kwargs, num_fusion_weights):
     projection = np.random.default_rng(0).normal(size=(8,)).astype("float32")
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)["sequence_output"]) * projection),
     )
 
 

@@ -93,7 +93,7 @@ def test_training_loss_equals_numpy_cross_entropy_at_masked_slots():
     # The window is the inputs plus the last label (oldest slot dropped beyond max_len = 6), every real slot masked.
     window = np.array([[0, 0, 0, 5, 7, 9], [0, 3, 4, 5, 6, 11]], dtype="int32")
     real = window != 0
-    hidden = np.asarray(model.backbone({"item_ids": np.where(real, MASK, 0)})).astype("float64")
+    hidden = np.asarray(model.backbone({"item_ids": np.where(real, MASK, 0)})["sequence_output"]).astype("float64")
     log_probs = _np_log_softmax(_np_logits(model, hidden))
     expected = -np.mean(np.take_along_axis(log_probs, window[..., None], axis=-1)[..., 0][real])
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -103,11 +103,12 @@ def test_partial_mask_loss_and_packed_labels():
     model = _model(mask_prob=0.5)
     model.compile(metrics=[])
     inputs = {"item_ids": tf.constant(ITEM_IDS)}
-    logits = model(inputs, training=True)
-    labels = np.asarray(model._cloze_labels)
+    outputs = model(inputs, training=True)
+    logits = outputs["logits"]
+    labels = np.asarray(outputs["labels"])
     selected = labels != 0
     assert tuple(logits.shape) == (selected.sum(), NUM_ITEMS)
-    loss = model.compute_loss(inputs, tf.constant(ITEM_IDS), logits, training=True)
+    loss = model.compute_loss(inputs, tf.constant(ITEM_IDS), outputs, training=True)
     log_probs = _np_log_softmax(np.asarray(logits, dtype="float64"))
     expected = -np.mean(log_probs[np.arange(len(log_probs)), labels[selected]])
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
@@ -123,7 +124,9 @@ def test_inference_appends_the_mask_token_and_scores_it():
         (full, np.concatenate([full[:, 1:], np.full((2, 1), MASK)], axis=1)),
     ):
         logits = np.asarray(model({"item_ids": history}))
-        hidden = np.asarray(model.backbone({"item_ids": query.astype("int32")}))[:, -1].astype("float64")
+        hidden = np.asarray(model.backbone({"item_ids": query.astype("int32")})["sequence_output"])[:, -1].astype(
+            "float64"
+        )
         expected = _np_logits(model, hidden)
         expected[:, :2] = EXCLUDED_LOGIT
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
@@ -152,7 +155,7 @@ def test_inference_gives_interaction_features_the_oov_id_at_the_mask():
         "item_ids": np.concatenate([ids, np.full((2, 1), MASK, "int32")], axis=1),
         "rating": np.concatenate([rating, np.ones((2, 1), "int32")], axis=1),
     }
-    hidden = np.asarray(backbone(query))[:, -1].astype("float64")
+    hidden = np.asarray(backbone(query)["sequence_output"])[:, -1].astype("float64")
     expected = _np_logits(model, hidden)
     np.testing.assert_allclose(logits[:, 2:], expected[:, 2:], rtol=1e-4, atol=1e-4)
 
@@ -161,7 +164,7 @@ def test_all_positions_scores_the_given_slots_and_without_head():
     model = _model(bert_head=False)
     assert not any("head" in w.path or "output_bias" in w.path for w in model.weights)
     logits = np.asarray(model({"item_ids": ITEM_IDS}, all_positions=True))
-    hidden = np.asarray(model.backbone({"item_ids": ITEM_IDS}))
+    hidden = np.asarray(model.backbone({"item_ids": ITEM_IDS})["sequence_output"])
     np.testing.assert_allclose(logits, hidden @ np.asarray(model.backbone.item_table()).T, rtol=1e-5, atol=1e-5)
 
 
@@ -224,7 +227,7 @@ def test_serialization_and_save_reload(tmp_path):
 def test_causal_next_item_model_is_unchanged_by_the_hooks():
     keras.utils.set_random_seed(0)
     model = NextItemModel(SASRecBackbone(**BACKBONE_KWARGS))
-    hidden = np.asarray(model.backbone({"item_ids": ITEM_IDS}))[:, -1]
+    hidden = np.asarray(model.backbone({"item_ids": ITEM_IDS})["sequence_output"])[:, -1]
     logits = np.asarray(model({"item_ids": ITEM_IDS}))
     expected = hidden @ np.asarray(model.backbone.item_table()).T
     expected[:, :2] = EXCLUDED_LOGIT
@@ -279,6 +282,6 @@ def test_mixed_precision_logits_are_float32():
     model = MaskedItemModel(backbone, seed=0, dtype="mixed_float16")
     logits = model({"item_ids": ITEM_IDS})
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
-    training_logits = model({"item_ids": ITEM_IDS}, training=True)
+    training_logits = model({"item_ids": ITEM_IDS}, training=True)["logits"]
     assert keras.backend.standardize_dtype(training_logits.dtype) == "float32"
     assert np.all(np.isfinite(np.asarray(training_logits)))

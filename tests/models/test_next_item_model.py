@@ -6,7 +6,7 @@ from helpers import assert_gradients_reach_every_weight, run_serialization_test
 
 from tfsidefuse.losses import NextItemCrossEntropy
 from tfsidefuse.metrics import MRR, NDCG, HitRate
-from tfsidefuse.models import NextItemModel, SASRecBackbone
+from tfsidefuse.models import AuxiliaryHead, NextItemModel, SASRecBackbone
 
 NUM_ITEMS = 20
 ITEM_IDS = np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8], [0, 0, 0, 0, 0, 11]], dtype="int32")
@@ -30,7 +30,7 @@ def _model(dropout: float = 0.0, **kwargs) -> NextItemModel:
 
 
 def _np_logits(model: NextItemModel, item_ids: np.ndarray) -> np.ndarray:
-    hidden = np.asarray(model.backbone({"item_ids": item_ids}))
+    hidden = np.asarray(model.backbone({"item_ids": item_ids})["sequence_output"])
     return hidden @ np.asarray(model.backbone.item_table()).T
 
 
@@ -61,7 +61,7 @@ def test_all_positions_logits_and_loss():
     np.testing.assert_allclose(logits, _np_logits(model, ITEM_IDS), atol=1e-5)
     np.testing.assert_allclose(model({"item_ids": ITEM_IDS}, all_positions=True), logits, atol=1e-6)
     # fit's forward pass (TensorFlow, no XLA) scores the real slots only, in row-major order; JAX scores every slot.
-    packed = np.asarray(model({"item_ids": ITEM_IDS}, training=True))
+    packed = np.asarray(model({"item_ids": ITEM_IDS}, training=True)["logits"])
     np.testing.assert_allclose(packed, logits[ITEM_IDS != 0] if model._packs_positions() else logits, atol=1e-6)
 
     log_softmax = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
@@ -83,7 +83,7 @@ def test_last_position_logits_exclude_padding_and_oov():
 
 def test_last_position_training_keeps_the_full_softmax():
     model = _model(train_on="last_position")
-    logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True))
+    logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True)["logits"])
     assert logits.shape == (3, NUM_ITEMS)
     np.testing.assert_allclose(logits, _np_logits(model, ITEM_IDS)[:, -1], atol=1e-5)
 
@@ -204,17 +204,17 @@ def test_auxiliary_losses_added_by_the_backbone_reach_the_training_loss():
     np.testing.assert_allclose(losses[1], losses[0] + 5.0, rtol=1e-5)
 
 
-def test_backbone_auxiliary_loss_sees_labels_and_hidden_states_and_is_added_in_training_only():
-    class AuxiliarySASRec(SASRecBackbone):
-        def auxiliary_loss(self, inputs, labels, hidden):
+def test_auxiliary_head_sees_labels_and_hidden_states_and_is_added_in_training_only():
+    class ShareHead(AuxiliaryHead):
+        def call(self, outputs, inputs, labels, backbone):
             # The share of slots with a target, and a term that depends on the hidden states.
             share = keras.ops.mean(keras.ops.cast(labels != 0, "float32"))
-            return {"share": 3.0 * share, "hidden": 0.0 * keras.ops.sum(hidden)}
+            return {"share": 3.0 * share, "hidden": 0.0 * keras.ops.sum(outputs["sequence_output"])}
 
     keras.utils.set_random_seed(0)
     kwargs = {"num_items": NUM_ITEMS, "max_len": 10, "hidden_dim": 8, "dropout": 0.0, "attention_dropout": 0.0}
     plain = NextItemModel(SASRecBackbone(**kwargs))
-    auxiliary = NextItemModel(AuxiliarySASRec(**kwargs))
+    auxiliary = NextItemModel(SASRecBackbone(**kwargs), heads=[ShareHead()])
     auxiliary({"item_ids": ITEM_IDS})
     plain({"item_ids": ITEM_IDS})
     auxiliary.set_weights(plain.get_weights())
@@ -233,7 +233,8 @@ def test_backbone_auxiliary_loss_sees_labels_and_hidden_states_and_is_added_in_t
 def test_mixed_precision_logits_are_float32():
     model = _model(dtype="mixed_float16")
     for kwargs in ({}, {"training": True}):
-        logits = model({"item_ids": ITEM_IDS}, **kwargs)
+        outputs = model({"item_ids": ITEM_IDS}, **kwargs)
+        logits = outputs["logits"] if kwargs else outputs
         assert keras.backend.standardize_dtype(logits.dtype) == "float32"
         assert np.all(np.isfinite(np.asarray(logits)))
 

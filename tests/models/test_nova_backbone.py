@@ -31,7 +31,7 @@ from helpers import (
 
 from tfsidefuse.layers import NonInvasiveAttention
 from tfsidefuse.models import NextItemModel, NOVABackbone
-from tfsidefuse.models.registry import BACKBONES, build_backbone, side_feature_params
+from tfsidefuse.models.registry import BACKBONES, build_backbone, build_heads, side_feature_params
 
 INIT_KWARGS = SIDE_INIT_KWARGS
 INPUTS = SIDE_INPUTS
@@ -125,7 +125,7 @@ def test_weights_and_defaults():
         assert isinstance(block.self_attention, NonInvasiveAttention)
         assert tuple(block.self_attention.embedding_fusion.projection.kernel.shape) == (5 * 8, 8)
     assert backbone.item_table() is backbone.item_embedding.embeddings
-    assert backbone.auxiliary_loss({"item_ids": ITEM_IDS}, ITEM_IDS, None) == {}
+    assert build_heads("nova", {}, backbone) == []  # no auxiliary objective
     assert _backbone(position_in_value_stream=True).num_side_features == 3
 
 
@@ -141,7 +141,7 @@ def test_registered():
 def test_matches_numpy_reference(fusion, position_in_value_stream):
     backbone = _random_backbone(fusion=fusion, position_in_value_stream=position_in_value_stream)
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], expected[REAL], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[REAL], expected[REAL], atol=1e-4)
 
 
 def test_values_carry_no_side_information():
@@ -149,28 +149,30 @@ def test_values_carry_no_side_information():
     hidden states: attention only mixes item-stream values, whatever weights the side information gives them."""
     backbone = _random_backbone(fusion="gate")
     same_item = {"item_ids": np.where(REAL, 5, 0).astype("int32"), "rating": RATINGS}
-    hidden = np.asarray(backbone(same_item))
+    hidden = np.asarray(backbone(same_item)["sequence_output"])
     other_ratings = np.where(REAL, RATINGS % 5 + 1, 0).astype("int32")
     np.testing.assert_allclose(
-        np.asarray(backbone({**same_item, "rating": other_ratings}))[REAL], hidden[REAL], atol=1e-5
+        np.asarray(backbone({**same_item, "rating": other_ratings})["sequence_output"])[REAL], hidden[REAL], atol=1e-5
     )
     # Zeroed side tables and positions change nothing either.
     side_weights = backbone.side_information_embedding.trainable_weights + backbone.position_embedding.weights
     saved = [np.array(w) for w in side_weights]
     for w in side_weights:
         w.assign(np.zeros(w.shape, "float32"))
-    np.testing.assert_allclose(np.asarray(backbone(same_item))[REAL], hidden[REAL], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(backbone(same_item)["sequence_output"])[REAL], hidden[REAL], atol=1e-5)
     # With different items the side information does steer the attention.
-    without_side = np.asarray(backbone(INPUTS))
+    without_side = np.asarray(backbone(INPUTS)["sequence_output"])
     for w, value in zip(side_weights, saved):
         w.assign(value)
-    assert not np.allclose(np.asarray(backbone(INPUTS))[REAL], without_side[REAL], atol=1e-4)
+    assert not np.allclose(np.asarray(backbone(INPUTS)["sequence_output"])[REAL], without_side[REAL], atol=1e-4)
     assert not np.allclose(
-        np.asarray(backbone({**INPUTS, "rating": other_ratings}))[REAL], np.asarray(backbone(INPUTS))[REAL], atol=1e-4
+        np.asarray(backbone({**INPUTS, "rating": other_ratings})["sequence_output"])[REAL],
+        np.asarray(backbone(INPUTS)["sequence_output"])[REAL],
+        atol=1e-4,
     )
     # Position in the value stream (the invasive reading) makes the slots of the same window differ.
     invasive = _random_backbone(fusion="gate", position_in_value_stream=True)
-    positional = np.asarray(invasive(same_item))
+    positional = np.asarray(invasive(same_item)["sequence_output"])
     assert not np.allclose(positional[1, 0], positional[1, -1], atol=1e-4)
     # And a NOVA window's hidden state is the same vector at every slot.
     np.testing.assert_allclose(hidden[1], np.broadcast_to(hidden[1, :1], hidden[1].shape), atol=1e-5)
@@ -189,7 +191,7 @@ def test_every_fusion_and_position_in_value_stream_change_the_output():
                 w.assign(np.random.default_rng(2).normal(size=w.shape).astype("float32"))
             else:
                 w.assign(shared[w.path])
-        return np.asarray(backbone(INPUTS))
+        return np.asarray(backbone(INPUTS)["sequence_output"])
 
     results = {
         (fusion, in_values): outputs(fusion=fusion, position_in_value_stream=in_values)
@@ -228,7 +230,10 @@ def test_a_subclass_changes_the_mask_with_one_attribute():
     changed = {"item_ids": ITEM_IDS, "rating": np.where(REAL, RATINGS % 5 + 1, 0).astype("int32")}
     changed["rating"][:, :-1] = RATINGS[:, :-1]  # only the last slot's rating changes
     for backbone, earlier_slots_change in ((causal, False), (bidirectional, True)):
-        before, after = np.asarray(backbone(INPUTS)), np.asarray(backbone(changed))
+        before, after = (
+            np.asarray(backbone(INPUTS)["sequence_output"]),
+            np.asarray(backbone(changed)["sequence_output"]),
+        )
         assert np.allclose(before[:, :-1][REAL[:, :-1]], after[:, :-1][REAL[:, :-1]], atol=1e-5) != earlier_slots_change
     np.testing.assert_array_equal(
         np.asarray(bidirectional.compute_attention_mask(REAL)), np_attention_mask(ITEM_IDS, causal=False)
@@ -245,7 +250,7 @@ def test_gradients_reach_every_weight(fusion, gate_scorer):
     projection = np.random.default_rng(0).normal(size=(8,)).astype("float32")
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)["sequence_output"]) * projection),
     )
 
 
@@ -279,7 +284,7 @@ def test_builds_from_a_schema():
         "nova", params, schema=schema, item_feature_tables={"category": item_feature_tables()["category"]}
     )
     assert backbone.num_side_features == 3
-    assert tuple(backbone(INPUTS).shape) == (2, 6, 8)
+    assert tuple(backbone(INPUTS)["sequence_output"].shape) == (2, 6, 8)
 
 
 def test_fit_with_an_interaction_feature():

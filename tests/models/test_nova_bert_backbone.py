@@ -112,15 +112,15 @@ def test_weights_defaults_and_registry():
 def test_matches_numpy_reference(side_mask_token):
     backbone = _random_backbone(side_mask_token=side_mask_token)
     expected = _np_backbone(backbone, MASKED_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], expected[REAL], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[REAL], expected[REAL], atol=1e-4)
 
 
 def test_bidirectional_a_later_item_changes_earlier_hidden_states():
     backbone = _random_backbone()
-    before = np.asarray(backbone(INPUTS))
+    before = np.asarray(backbone(INPUTS)["sequence_output"])
     changed = MASKED_IDS.copy()
     changed[0, -1], changed[1, -2] = 11, 12
-    after = np.asarray(backbone({**INPUTS, "item_ids": changed}))
+    after = np.asarray(backbone({**INPUTS, "item_ids": changed})["sequence_output"])
     for row, last in ((0, 5), (1, 4)):
         for slot in range(last):
             if REAL[row, slot]:
@@ -160,7 +160,7 @@ def test_gradients_reach_every_weight():
     assert sum("mask" in name for name in names) == 1 + len(ITEM_FEATURES)
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)["sequence_output"]) * projection),
     )
 
 

@@ -4,8 +4,24 @@ from helpers import randomize_weights
 
 from tfsidefuse.config import ConfigError, ModelConfig
 from tfsidefuse.data.schema import DatasetSchema, FeatureSpec
-from tfsidefuse.models import NextItemModel, SASRecBackbone, SASRecFBackbone
-from tfsidefuse.models.registry import BACKBONES, build_backbone, build_model, side_feature_params, used_features
+from tfsidefuse.models import (
+    ASIFAlignmentHead,
+    COMIFAlignmentHead,
+    DIFSRAttributeHead,
+    NextItemModel,
+    SASRecBackbone,
+    SASRecFBackbone,
+)
+from tfsidefuse.models.difsr.difsr_attribute_head import attribute_log_odds
+from tfsidefuse.models.registry import (
+    BACKBONES,
+    HEADS,
+    build_backbone,
+    build_model,
+    side_feature_params,
+    split_task_params,
+    used_features,
+)
 
 NUM_ITEMS = 12
 SCHEMA = DatasetSchema(
@@ -58,7 +74,7 @@ def test_builds_sasrec_f_with_every_schema_feature():
     assert sorted(tables) == ["brand", "category"]
     for name, table in tables.items():
         np.testing.assert_array_equal(table, TABLES[name])
-    assert tuple(backbone(INPUTS).shape) == (1, 4, 8)
+    assert tuple(backbone(INPUTS)["sequence_output"].shape) == (1, 4, 8)
 
 
 def test_features_param_selects_features():
@@ -77,7 +93,7 @@ def test_features_param_selects_features():
         "sasrec_f", {**PARAMS, "features": ["brand"]}, schema=SCHEMA, item_feature_tables=TABLES
     )
     assert only_items.interaction_features == []
-    assert tuple(only_items({"item_ids": INPUTS["item_ids"]}).shape) == (1, 4, 8)
+    assert tuple(only_items({"item_ids": INPUTS["item_ids"]})["sequence_output"].shape) == (1, 4, 8)
 
     none = build_backbone("sasrec_f", {**PARAMS, "features": []}, schema=SCHEMA, item_feature_tables=TABLES)
     assert none.item_features == none.interaction_features == []
@@ -136,7 +152,7 @@ def test_config_validation_rejects(name, params, message):
 def test_every_backbone_builds_from_a_schema_with_unique_weight_paths(name):
     # Two layers: a layer built outside its block's scope would repeat its weight paths.
     backbone = build_backbone(name, {**PARAMS, "num_layers": 2}, schema=SCHEMA, item_feature_tables=TABLES)
-    hidden = backbone(INPUTS)
+    hidden = backbone(INPUTS)["sequence_output"]
     assert tuple(hidden.shape) == (1, 4, 8)
     paths = [w.path for w in backbone.weights]
     repeated = sorted({p for p in paths if paths.count(p) > 1})
@@ -158,14 +174,53 @@ def test_every_backbone_numbers_positions_from_the_newest_item_on_request(name):
     backbone.set_weights(oldest.get_weights())
     # The same weights, only the numbering differs: the window of 3 real items uses position rows 0..2 one way
     # and 2..0 the other.
-    assert not np.allclose(backbone(INPUTS), oldest(INPUTS), atol=1e-4)
+    assert not np.allclose(backbone(INPUTS)["sequence_output"], oldest(INPUTS)["sequence_output"], atol=1e-4)
     if backbone.causal:
         # Changing the latest item leaves the earlier real slots (1 and 2; slot 0 is padding) as they were.
         changed = {**INPUTS, "item_ids": INPUTS["item_ids"].copy()}
         changed["item_ids"][0, -1] = 9
-        np.testing.assert_allclose(backbone(changed)[:, 1:-1], backbone(INPUTS)[:, 1:-1], atol=1e-5)
+        np.testing.assert_allclose(
+            backbone(changed)["sequence_output"][:, 1:-1], backbone(INPUTS)["sequence_output"][:, 1:-1], atol=1e-5
+        )
 
 
 def test_position_order_is_checked_for_every_model():
     with pytest.raises(ConfigError, match="model.position_order must be one of .* got 'last'"):
         ModelConfig("difsr", {"position_order": "last"}).validate()
+
+
+def test_heads_of_the_papers_take_their_params_from_the_model_params():
+    assert HEADS == {"difsr": DIFSRAttributeHead, "asif": ASIFAlignmentHead, "comif": COMIFAlignmentHead}
+    params = {**PARAMS, "lambda_attr": 3.0, "attribute_predictor_bias": "prior", "fusion": "sum"}
+    assert split_task_params("difsr", params) == (
+        {**PARAMS, "fusion": "sum"},
+        {"lambda_attr": 3.0, "attribute_predictor_bias": "prior"},
+    )
+    model = build_model("difsr", params, schema=SCHEMA, item_feature_tables=TABLES)
+    [head] = model.heads
+    assert isinstance(head, DIFSRAttributeHead) and head.lambda_attr == 3.0
+    assert [f["name"] for f in head.item_features] == ["category", "brand"] and head.hidden_dim == 8
+    assert model.backbone.fusion == "sum" and "lambda_attr" not in model.backbone.get_config()
+    # The prior biases come from the dataset's tables.
+    np.testing.assert_allclose(head.attribute_predictors[0].bias, attribute_log_odds(TABLES["category"], 6))
+    assert build_model("sasrec", PARAMS, schema=SCHEMA).heads == []
+    asif = build_model(
+        "asif", {**PARAMS, "rsa_weight": 0.5, "use_hie": False}, schema=SCHEMA, item_feature_tables=TABLES
+    )
+    assert asif.heads[0].rsa_weight == 0.5 and asif.backbone.use_hie is False
+    comif = build_model("comif", {**PARAMS, "upa_num_negatives": 2}, schema=SCHEMA, item_feature_tables=TABLES)
+    assert comif.heads[0].upa_num_negatives == 2
+
+
+@pytest.mark.parametrize(
+    "name, params, bad",
+    [
+        ("difsr", {"lambda_attr": "10"}, "lambda_attr"),
+        ("asif", {"rsa_scope": 3}, "rsa_scope"),
+        ("comif", {"upa_negatives": "shuffle"}, "upa_negatives"),
+    ],
+)
+def test_head_params_are_validated(name, params, bad):
+    with pytest.raises((ConfigError, ValueError), match=bad):
+        ModelConfig(name, {**PARAMS, **params}).validate()
+        build_model(name, {**PARAMS, **params}, schema=SCHEMA, item_feature_tables=TABLES)

@@ -15,6 +15,7 @@ from helpers import (
 )
 
 from tfsidefuse.models import Backbone, NextItemModel, SASRecBackbone
+from tfsidefuse.models.registry import build_heads
 
 INIT_KWARGS = {"num_items": 20, "max_len": 10, "hidden_dim": 8, "num_layers": 2, "num_heads": 2, "ff_dim": 16}
 
@@ -47,10 +48,14 @@ def test_position_orders_differ_only_through_the_positions():
     full = np.arange(2, 12)[None, :]
     flipped_table = np.asarray(oldest.position_embedding.embeddings)[::-1]
     newest.position_embedding.embeddings.assign(flipped_table)
-    np.testing.assert_allclose(newest({"item_ids": full}), oldest({"item_ids": full}), atol=1e-5)
+    np.testing.assert_allclose(
+        newest({"item_ids": full})["sequence_output"], oldest({"item_ids": full})["sequence_output"], atol=1e-5
+    )
     # A shorter row is not the same: its latest item sits at row 0 of the flipped table, not at row 9.
     short = np.array([[0, 0, 0, 5, 7, 9, 4, 3, 2, 8]])
-    assert not np.allclose(newest({"item_ids": short}), oldest({"item_ids": short}), atol=1e-3)
+    assert not np.allclose(
+        newest({"item_ids": short})["sequence_output"], oldest({"item_ids": short})["sequence_output"], atol=1e-3
+    )
 
 
 def test_weights_and_defaults():
@@ -62,7 +67,7 @@ def test_weights_and_defaults():
     # item and position tables, embedding layer norm, 16 weights per block.
     assert len(backbone.trainable_weights) == 2 + 2 + 2 * 16
     assert backbone.item_table() is backbone.item_embedding.embeddings
-    assert backbone.auxiliary_loss({"item_ids": ITEM_IDS}, ITEM_IDS, None) == {}
+    assert build_heads("sasrec", {}, backbone) == []  # no auxiliary objective
 
 
 @pytest.mark.parametrize("position_order", ["oldest_first", "newest_first"])
@@ -93,15 +98,15 @@ def test_matches_numpy_reference(position_order):
     x = np_layer_norm(backbone.embeddings_layer_norm, x.astype("float64"))
     for block in backbone.transformer_layers:
         x = np_transformer_block(block, x, np_attention_mask(ITEM_IDS, causal=True))
-    outputs = np.asarray(backbone({"item_ids": ITEM_IDS}))
+    outputs = np.asarray(backbone({"item_ids": ITEM_IDS})["sequence_output"])
     np.testing.assert_allclose(outputs[real], x[real], atol=1e-4)
 
 
 def test_dropout_only_in_training():
     backbone = _backbone()
     inputs = {"item_ids": ITEM_IDS}
-    np.testing.assert_allclose(backbone(inputs), backbone(inputs, training=False))
-    assert not np.allclose(backbone(inputs, training=True), backbone(inputs))
+    np.testing.assert_allclose(backbone(inputs)["sequence_output"], backbone(inputs, training=False)["sequence_output"])
+    assert not np.allclose(backbone(inputs, training=True)["sequence_output"], backbone(inputs)["sequence_output"])
 
 
 def test_gradients_reach_every_weight():
@@ -111,7 +116,7 @@ def test_gradients_reach_every_weight():
     projection = np.random.default_rng(0).normal(size=(8,)).astype("float32")
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(inputs, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(inputs, training=True)["sequence_output"]) * projection),
     )
 
 
@@ -138,8 +143,8 @@ def test_last_position_only_equals_the_last_slot_of_the_full_call():
     backbone = SASRecBackbone(num_items=20, max_len=6, hidden_dim=8, num_layers=2, num_heads=2, ff_dim=16)
     inputs = {"item_ids": np.array([[0, 0, 5, 7, 9, 3], [3, 4, 5, 6, 2, 8]], dtype="int32")}
     backbone(inputs)
-    full = np.asarray(backbone(inputs))
-    last = np.asarray(backbone(inputs, last_position_only=True))
+    full = np.asarray(backbone(inputs)["sequence_output"])
+    last = np.asarray(backbone(inputs, last_position_only=True)["sequence_output"])
     assert backbone.supports_last_position_only
     assert last.shape == (2, 1, 8)
     np.testing.assert_allclose(last[:, 0], full[:, -1], atol=1e-5)

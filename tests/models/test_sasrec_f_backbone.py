@@ -28,6 +28,7 @@ from helpers import (
 )
 
 from tfsidefuse.models import NextItemModel, SASRecBackbone, SASRecFBackbone
+from tfsidefuse.models.registry import build_heads
 
 INIT_KWARGS = SIDE_INIT_KWARGS
 INPUTS = SIDE_INPUTS
@@ -101,7 +102,7 @@ def test_weights_and_defaults():
     assert len(backbone.non_trainable_weights) == 2  # the item -> attribute ids tables
     assert tuple(backbone.embedding_fusion.projection.kernel.shape) == (4 * 8, 8)
     assert backbone.item_table() is backbone.item_embedding.embeddings
-    assert backbone.auxiliary_loss({"item_ids": ITEM_IDS}, ITEM_IDS, None) == {}
+    assert build_heads("sasrec_f", {}, backbone) == []  # no auxiliary objective
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,7 @@ def test_matches_numpy_reference(fusion, fuse_position):
     randomize_weights(backbone.trainable_weights)
     real = ITEM_IDS != 0
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[real], expected[real], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[real], expected[real], atol=1e-4)
 
 
 def test_side_embeddings_are_zero_at_padding():
@@ -133,7 +134,7 @@ def test_every_fusion_and_fuse_position_change_the_output():
                 w.assign(shared[w.path])
         for w in backbone.embedding_fusion.weights:
             w.assign(np.random.default_rng(2).normal(size=w.shape).astype("float32"))
-        return np.asarray(backbone(INPUTS))
+        return np.asarray(backbone(INPUTS)["sequence_output"])
 
     reference = _backbone()
     reference(INPUTS)
@@ -155,7 +156,7 @@ def test_every_fusion_and_fuse_position_change_the_output():
     plain(INPUTS)
     for w in plain.weights:
         w.assign(shared[w.path])
-    assert not np.allclose(np.asarray(plain(INPUTS)), results[("add", False)], atol=1e-4)
+    assert not np.allclose(np.asarray(plain(INPUTS)["sequence_output"]), results[("add", False)], atol=1e-4)
 
 
 def test_padding_invariance():
@@ -178,7 +179,7 @@ def test_gradients_reach_every_weight(fusion, gate_scorer):
     projection = np.random.default_rng(0).normal(size=(8,)).astype("float32")
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)["sequence_output"]) * projection),
     )
 
 

@@ -67,7 +67,7 @@ def _outputs_with_shared_weights(reference: SideFuseBackbone, **kwargs) -> np.nd
     for w in backbone.weights:
         if _key(w.path) in shared and tuple(shared[_key(w.path)].shape) == tuple(w.shape):
             w.assign(shared[_key(w.path)])
-    return np.asarray(backbone(INPUTS))
+    return np.asarray(backbone(INPUTS)["sequence_output"])
 
 
 def test_backbone_behaviors(tmp_path):
@@ -200,7 +200,7 @@ def test_mixed_assignment_matches_numpy_reference(fusion, query_key_fusion):
     )
     randomize_weights(backbone.trainable_weights)
     expected = _np_backbone(backbone, ITEM_IDS, RATINGS)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], expected[REAL], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(backbone(INPUTS)["sequence_output"])[REAL], expected[REAL], atol=1e-4)
 
 
 def _copy_by_role(source, target, renames: dict[str, str]) -> None:
@@ -227,7 +227,11 @@ def test_everything_at_the_embedding_equals_sasrec_f(preset):
     randomize_weights(reference.trainable_weights)
     backbone = _backbone(preset=preset, fusion="add")
     _copy_by_role(reference, backbone, ATTENTION_ROLE)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], np.asarray(reference(INPUTS))[REAL], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(backbone(INPUTS)["sequence_output"])[REAL],
+        np.asarray(reference(INPUTS)["sequence_output"])[REAL],
+        atol=1e-5,
+    )
 
 
 def test_nova_preset_equals_nova():
@@ -243,21 +247,29 @@ def test_nova_preset_equals_nova():
         "side_fused_attention/query_key_fusion/": "non_invasive_attention/embedding_fusion/",
     }
     _copy_by_role(reference, backbone, renames)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], np.asarray(reference(INPUTS))[REAL], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(backbone(INPUTS)["sequence_output"])[REAL],
+        np.asarray(reference(INPUTS)["sequence_output"])[REAL],
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("score_fusion", ["gate"])
 def test_difsr_preset_equals_difsr(score_fusion):
     keras.utils.set_random_seed(1)
     kwargs = {k: v for k, v in INIT_KWARGS.items() if k != "late_num_layers"}
-    reference = DIFSRBackbone(**kwargs, fusion=score_fusion, lambda_attr=0.0)
+    reference = DIFSRBackbone(**kwargs, fusion=score_fusion)
     reference.set_item_feature_tables(item_feature_tables())
     reference(INPUTS)
     randomize_weights(reference.trainable_weights)
     backbone = _backbone(preset="difsr", score_fusion=score_fusion)
     renames = {"side_fused_attention/": "", "score_information_embedding": "side_information_embedding"}
     _copy_by_role(reference, backbone, renames)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], np.asarray(reference(INPUTS))[REAL], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(backbone(INPUTS)["sequence_output"])[REAL],
+        np.asarray(reference(INPUTS)["sequence_output"])[REAL],
+        atol=1e-5,
+    )
 
 
 def test_fdsa_preset_equals_fdsa_with_own_layer_norms():
@@ -278,7 +290,11 @@ def test_fdsa_preset_equals_fdsa_with_own_layer_norms():
         "output_fusion": "tower_fusion",
     }
     _copy_by_role(reference, backbone, renames)
-    np.testing.assert_allclose(np.asarray(backbone(INPUTS))[REAL], np.asarray(reference(INPUTS))[REAL], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(backbone(INPUTS)["sequence_output"])[REAL],
+        np.asarray(reference(INPUTS)["sequence_output"])[REAL],
+        atol=1e-5,
+    )
 
 
 def test_every_entry_point_changes_the_output():
@@ -314,7 +330,7 @@ def test_causality_padding_and_gradients(name):
     projection = np.random.default_rng(0).normal(size=(8,)).astype("float32")
     assert_gradients_reach_every_weight(
         backbone.trainable_variables,
-        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)) * projection),
+        lambda: keras.ops.sum(keras.ops.tanh(backbone(INPUTS, training=True)["sequence_output"]) * projection),
     )
 
 

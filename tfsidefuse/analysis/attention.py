@@ -133,21 +133,21 @@ def capture_attention(layer: keras.layers.Layer, *, unmasked: bool = False) -> I
             captured.layer_names.append(name)
             captured.probabilities.append(masked_calls)
             captured.unmasked.append(unmasked_calls)
-            object.__setattr__(
-                attention, "call", _recording_call(attention.call, name, masked_calls, unmasked_calls, unmasked)
-            )
+            # A plain function is no state that Keras tracks: the instance attribute shadows the class's `call`.
+            attention.call = _recording_call(attention.call, name, masked_calls, unmasked_calls, unmasked)
             patched.append(attention)
         yield captured
     finally:
         for attention in patched:
             # Removing the instance attribute brings back the class's `call`.
-            object.__delattr__(attention, "call")
+            del attention.call
 
 
 def _recording_call(original, name: str, masked_calls: list, unmasked_calls: list, unmasked: bool):
     def call(*args: Any, **kwargs: Any) -> Any:
         kwargs[RETURN_SCORES_ARG] = True
-        outputs, probabilities = original(*args, **kwargs)
+        # The probabilities follow the output; further outputs asked by the caller (side outputs) follow them.
+        outputs, probabilities, *others = original(*args, **kwargs)
         masked_calls.append(_to_numpy(probabilities))
         if unmasked:
             kwargs["attention_mask"] = None
@@ -155,7 +155,7 @@ def _recording_call(original, name: str, masked_calls: list, unmasked_calls: lis
                 unmasked_calls.append(_to_numpy(original(*args, **kwargs)[1]))
             except Exception as err:  # noqa: BLE001 - a layer that needs its mask only loses this extra record
                 logger.warning("%s cannot run without attention mask (%s); no unmasked probabilities", name, err)
-        return outputs
+        return (outputs, *others) if others else outputs
 
     return call
 

@@ -225,7 +225,7 @@ class ServingGraph:
         """
         request = self.checked(request, self.raw_input_signature(), RAW_LAYOUT)
         ids, features = self.left_align(*self.encode_raw(request))
-        hidden = self.model.backbone({ITEM_IDS: ids, **features}, training=False)[:, -1, :]
+        hidden = self.model.backbone({ITEM_IDS: ids, **features}, training=False)["sequence_output"][:, -1, :]
         hidden = tf.cast(hidden, tf.float32)
         empty = tf.reduce_all(tf.equal(ids, PAD_ID), axis=1, keepdims=True)
         return {"embedding": tf.where(empty, tf.zeros_like(hidden), hidden)}

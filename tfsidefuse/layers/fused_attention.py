@@ -53,17 +53,18 @@ class FusedAttention(keras.layers.Layer):
     before HIE. The attribute and position paths exist only where something
     reads them: HIE (`use_hie`) or the next layer's attribute stream
     (`attribute_output`) for `h_A`; the next layer's position stream
-    (`position_output`) for `h_P`. Their projected outputs `h_A W^O_A` and
-    `h_P W^O_P` are not returned but kept, with the stream `Z` they attend
-    over, in `latest_side_outputs` (a dict with keys `"attribute"`,
-    `"attribute_input"`, `"position"`, only those computed) after each call.
+    (`position_output`) for `h_P`. With `return_side_outputs=True` the call
+    also returns their projected outputs `h_A W^O_A` and `h_P W^O_P`, with
+    the stream `Z` they attend over, as a dict with keys `"attribute"`,
+    `"attribute_input"`, `"position"` (only those computed).
 
-    Why a side dict: the item stream of an ASIF layer has RecBole's post-LN
-    residual and feed-forward structure, so this layer is the `attention`
-    component of a `TransformerBlock`, which expects one `[batch, seq_len,
-    d]` output; the side streams only get a residual update (no
-    feed-forward), which the model applies to `latest_side_outputs` right
-    after the block, in the same traced step.
+    Why a second output: the item stream of an ASIF layer has RecBole's
+    post-LN residual and feed-forward structure, so this layer is the
+    `attention` component of a `TransformerBlock`, whose main output is one
+    `[batch, seq_len, d]` tensor; the side streams only get a residual
+    update (no feed-forward), which the model applies to the side outputs
+    that the block hands back (`TransformerBlock(...,
+    return_side_outputs=True)`).
 
     `mode` selects the item stream's logits (the "w/o FA" readings):
 
@@ -116,11 +117,15 @@ class FusedAttention(keras.layers.Layer):
         return_attention_scores: also return the item path's attention
             probabilities `[batch, num_heads, seq_len, seq_len]` (before
             dropout).
+        return_side_outputs: also return the dict of side outputs (see
+            above; empty when no side path is computed).
         training: bool, whether dropout is active.
 
     Returns:
         The item stream's attention output `[batch, seq_len, hidden_dim]`,
-        output projection included (and the probabilities, if asked).
+        output projection included; with `return_attention_scores` or
+        `return_side_outputs`, a tuple of it, the probabilities (if asked)
+        and the side outputs (if asked), in this order.
 
     Example:
 
@@ -204,7 +209,6 @@ class FusedAttention(keras.layers.Layer):
         self.kernel_initializer = get_initializer(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.head_dim = hidden_dim // num_heads
-        object.__setattr__(self, "latest_side_outputs", {})
 
     @property
     def has_attribute_path(self) -> bool:
@@ -314,6 +318,7 @@ class FusedAttention(keras.layers.Layer):
         position_input: Any = None,
         hie_basis: Any = None,
         return_attention_scores: bool = False,
+        return_side_outputs: bool = False,
         training: bool | None = None,
     ) -> Any:
         attributes = list(attribute_inputs or [])
@@ -369,12 +374,15 @@ class FusedAttention(keras.layers.Layer):
                 position_logits / head_scale, disallowed, self.position_value_dense(position_input), training
             )
             side_outputs["position"] = self.position_output_dense(position_hidden)
-        # Read by the model right after the enclosing block, in the same traced step.
-        object.__setattr__(self, "latest_side_outputs", side_outputs)
         outputs = self.attention_output_dense(hidden)
+        if not (return_attention_scores or return_side_outputs):
+            return outputs
+        returned = (outputs,)
         if return_attention_scores:
-            return outputs, probabilities
-        return outputs
+            returned += (probabilities,)
+        if return_side_outputs:
+            returned += (side_outputs,)
+        return returned
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -60,11 +60,15 @@ class TransformerBlock(keras.layers.Layer):
             `SelfAttention` gets the last slot as its query input; a custom
             `attention` layer gets `last_query_only=True` and must return
             `[batch, 1, hidden_dim]` (`DecoupledAttention` does).
+        return_side_outputs: bool, for an `attention` layer with side outputs
+            (`FusedAttention`): pass it `return_side_outputs=True` and return
+            its side outputs beside the block's output.
         **attention_kwargs: further keywords for a custom `attention` layer.
 
     Returns:
         `[batch, seq_len, hidden_dim]` (`[batch, 1, hidden_dim]` with
-        `last_query_only`).
+        `last_query_only`); with `return_side_outputs`, the tuple of it and
+        the attention layer's side outputs.
 
     Example:
 
@@ -164,8 +168,11 @@ class TransformerBlock(keras.layers.Layer):
         value_input: Any = None,
         training: bool | None = None,
         last_query_only: bool = False,
+        return_side_outputs: bool = False,
         **attention_kwargs: Any,
     ) -> Any:
+        if return_side_outputs:
+            attention_kwargs["return_side_outputs"] = True
         if key_input is not None:
             attention_kwargs["key_input"] = key_input
         if value_input is not None:
@@ -184,10 +191,15 @@ class TransformerBlock(keras.layers.Layer):
         attended = self.self_attention(
             query_input, attention_mask=attention_mask, training=training, **attention_kwargs
         )
+        if return_side_outputs:
+            attended, side_outputs = attended
         hidden = self.attention_layer_norm(residual + self.attention_output_dropout(attended, training=training))
         intermediate = ops.gelu(self.feedforward_intermediate_dense(hidden), approximate=False)
         outputs = self.feedforward_output_dense(intermediate)
-        return self.feedforward_layer_norm(hidden + self.feedforward_dropout(outputs, training=training))
+        outputs = self.feedforward_layer_norm(hidden + self.feedforward_dropout(outputs, training=training))
+        if return_side_outputs:
+            return outputs, side_outputs
+        return outputs
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -1,4 +1,4 @@
-"""Base class of the backbones: input dict -> hidden states."""
+"""Base class of the backbones: input dict -> dict of outputs (hidden states and what the heads read)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,21 @@ from tfsidefuse.layers._checks import check_positive_int
 
 
 class Backbone(keras.layers.Layer):
-    """Base class of every backbone: maps the input dict to hidden states.
+    """Base class of every backbone: maps the input dict to a dict of outputs.
 
     A backbone is where a paper decides how side information enters the
     network. It reads `inputs["item_ids"]` (left-padded `[batch, seq_len]`,
     `0` = padding, the most recent item in the last slot) and whichever other
-    input features it uses, ignores the others, and returns hidden states
-    `[batch, seq_len, hidden_dim]` whose slot `t` summarises the sequence up to
-    `t` (causal models) or the whole sequence (bidirectional models).
+    input features it uses, ignores the others, and returns a dict (as
+    keras-hub backbones do) with the hidden states `"sequence_output"`,
+    `[batch, seq_len, hidden_dim]`, whose slot `t` summarises the sequence up
+    to `t` (causal models) or the whole sequence (bidirectional models), plus
+    the intermediate tensors that a model's auxiliary heads read (ASIF's
+    per-layer streams, for instance). It holds no task head and no loss.
 
     `NextItemModel` turns any backbone into a next-item recommender: it scores
-    hidden states against `item_table()` and adds the `auxiliary_loss` terms.
+    the hidden states against `item_table()` and adds the losses of its
+    auxiliary heads.
 
     Subclasses create their tables in `build()`; the default `item_table()`
     expects the item embedding to be stored as `self.item_embedding` (an
@@ -38,6 +42,9 @@ class Backbone(keras.layers.Layer):
     Call arguments:
         inputs: dict of tensors with at least `"item_ids"`.
         training: bool, whether dropout is active.
+
+    Returns:
+        dict with at least `"sequence_output"`, `[batch, seq_len, hidden_dim]`.
     """
 
     def __init__(self, num_items: int, hidden_dim: int, max_len: int, **kwargs: Any) -> None:
@@ -61,7 +68,8 @@ class Backbone(keras.layers.Layer):
         """Whether `call` takes `last_position_only`.
 
         With `last_position_only=True` such a backbone returns the hidden
-        state of the last slot alone, `[batch, 1, hidden_dim]`, equal to the
+        state of the last slot alone, `"sequence_output"` `[batch, 1,
+        hidden_dim]`, equal to the
         last slot of the full call (its last layer then runs the query,
         feed-forward and normalisation for that slot only). `NextItemModel`
         passes it for last-position scoring.
@@ -71,28 +79,6 @@ class Backbone(keras.layers.Layer):
     def item_table(self) -> Any:
         """The `[num_items, hidden_dim]` matrix that hidden states are scored against."""
         return self.item_embedding.embeddings
-
-    def auxiliary_loss(self, inputs: dict[str, Any], labels: Any, hidden: Any) -> dict[str, Any]:
-        """The backbone's auxiliary objectives on one training batch, already weighted, by name.
-
-        `NextItemModel` calls this in `compute_loss` during training, after
-        `call` on the same batch, and adds every value to the next-item loss.
-        Plain next-item backbones have none (the default). A backbone whose
-        objective needs its own intermediate tensors (per-layer states,
-        attribute embeddings) keeps them from its latest `call`, which ran in
-        the same traced step.
-
-        Args:
-            inputs: the sanitized input dict that `call` received.
-            labels: the next-item labels, `[batch, seq_len]` for all-position
-                training or `[batch]` for last-position training, `0` where a
-                slot has no target.
-            hidden: the hidden states `call` returned, `[batch, seq_len, d]`.
-
-        Returns:
-            dict name -> scalar loss (weight included); empty for none.
-        """
-        return {}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

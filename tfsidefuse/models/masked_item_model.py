@@ -70,19 +70,21 @@ class MaskedItemModel(NextItemModel):
         exclude_history: at inference, never recommend items already in the
             input sequence.
         seed: seed of the masking `SeedGenerator`; `None` draws one.
-        **kwargs: `train_metrics` and `sampled_softmax` (see `NextItemModel`;
-            with `sampled_softmax` the masked slots are trained against the
-            target and the step's sampled negatives), and the standard model
-            arguments (`name`, `dtype`, `trainable`).
+        **kwargs: `train_metrics`, `sampled_softmax` and `heads` (see
+            `NextItemModel`; with `sampled_softmax` the masked slots are
+            trained against the target and the step's sampled negatives; the
+            heads see the masked inputs and the Cloze labels), and the
+            standard model arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
         inputs: dict with `"item_ids"` `[batch, seq_len]` (left-padded) and
             the other inputs the backbone uses.
-        training: bool; `True` masks the inputs and returns the logits (with
-            `sampled_softmax`: the scoring vectors, see `NextItemModel`) at
-            the masked slots, `[num_masked, num_items]` (or at every slot,
-            `[batch, seq_len, num_items]`, where dynamic shapes cannot be
-            compiled: XLA, JAX).
+        training: bool; `True` masks the inputs and returns the training
+            outputs (see `NextItemModel`): the logits (with `sampled_softmax`:
+            the scoring vectors) at the masked slots, `[num_masked,
+            num_items]` (or at every slot, `[batch, seq_len, num_items]`,
+            where dynamic shapes cannot be compiled: XLA, JAX), with their
+            Cloze `"labels"`.
         all_positions: bool, at inference: logits at every slot of the
             unmodified inputs instead of at an appended `[MASK]`.
 
@@ -170,27 +172,20 @@ class MaskedItemModel(NextItemModel):
         self.built = True
 
     def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
-        # Read by `compute_metrics`, traced in the same step right after this call.
-        object.__setattr__(self, "_training_call", bool(training))
-        object.__setattr__(self, "_returned_vectors", False)
         if training:
-            return self._cloze_logits(inputs)
-        # Outputs of this call are not Cloze outputs: `compute_loss` must use the given labels.
-        object.__setattr__(self, "_cloze_labels", None)
+            return self._training_outputs(inputs)
         if all_positions:
             return super().call(inputs, training=training, all_positions=True)
-        inputs = self._sanitize(inputs, keep_last=True)
-        query = self._append_slot(inputs, self.mask_token_id)
-        hidden = self.backbone(query, training=training)[:, -1, :]
-        return self._exclude(self._logits(hidden), inputs[ITEM_IDS_KEY])
+        item_ids, hidden = self._inference_hidden(inputs, training=training)
+        return self._exclude(self._logits(hidden), item_ids)
 
     def _num_input_ids(self) -> int:
         return self.backbone.num_items + 1
 
-    def _inference_hidden(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    def _inference_hidden(self, inputs: dict[str, Any], training: bool | None = False) -> tuple[Any, Any]:
         inputs = self._sanitize(inputs, keep_last=True)
         query = self._append_slot(inputs, self.mask_token_id)
-        return inputs[ITEM_IDS_KEY], self.backbone(query, training=False)[:, -1, :]
+        return inputs[ITEM_IDS_KEY], self.backbone(query, training=training)["sequence_output"][:, -1, :]
 
     def scoring_vectors(self, hidden: Any) -> Any:
         if not self.bert_head:
@@ -244,27 +239,25 @@ class MaskedItemModel(NextItemModel):
                     masked[key] = ops.where(selected, ops.full_like(value, OOV_ID), value)
         return masked, labels
 
-    def _cloze_logits(self, inputs: dict[str, Any]) -> Any:
+    def _training_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The outputs of a Cloze training call: the masked slots' scores, their `"labels"` and the backbone's outputs.
+
+        The dict has the entries of `NextItemModel`'s training outputs
+        (`"inputs"` are the masked inputs) plus the Cloze `"labels"`,
+        `[batch, seq_len]`, the original ids at the masked slots and 0
+        elsewhere, which replace the labels of the batch in the loss.
+        """
         inputs = self._sanitize(inputs, keep_last=False)
         masked, labels = self._mask(inputs)
-        hidden = self.backbone(masked, training=True)
-        # Read back by `compute_loss` / `compute_metrics` in the same traced step.
-        object.__setattr__(self, "_training_context", (masked, hidden))
-        object.__setattr__(self, "_cloze_labels", labels)
+        backbone_outputs = self.backbone(masked, training=True)
+        outputs = {"inputs": masked, "labels": labels, "backbone_outputs": backbone_outputs}
+        hidden = backbone_outputs["sequence_output"]
         if self._packs_positions():
-            flat = ops.reshape(hidden, (-1, ops.shape(hidden)[-1]))
-            hidden = ops.take(flat, self._scored_slots(masked, labels), axis=0)
-        if self.sampled_softmax is not None:
-            return self._sampled_training_output(hidden)
-        return self._logits(hidden)
-
-    def _slot_labels(self, x: Any, y: Any) -> Any:
-        cloze = getattr(self, "_cloze_labels", None)
-        return y if cloze is None else cloze
-
-    def _scored_slots(self, x: Any, labels: Any) -> Any:
-        # Masked slots hold real items, so their labels are never 0.
-        return ops.nonzero(ops.not_equal(ops.reshape(labels, (-1,)), 0))[0]
+            # Masked slots hold real items, so their labels are never 0.
+            outputs["slots"] = ops.nonzero(ops.not_equal(ops.reshape(labels, (-1,)), 0))[0]
+            hidden = ops.take(ops.reshape(hidden, (-1, ops.shape(hidden)[-1])), outputs["slots"], axis=0)
+        outputs.update(self._scored_outputs(hidden))
+        return outputs
 
     def train_step(self, *args: Any) -> Any:
         # The backend's `train_step` takes `(data)` (TensorFlow, torch) or `(state, data)` (JAX).

@@ -13,6 +13,7 @@ from tfsidefuse.data.schema import NUM_RESERVED_IDS, OOV_ID, PAD_ID
 from tfsidefuse.layers.sampled_softmax import SampledSoftmax
 from tfsidefuse.losses import NextItemCrossEntropy
 from tfsidefuse.metrics import ranking_metrics, shared_ranks
+from tfsidefuse.models.auxiliary_head import AuxiliaryHead
 from tfsidefuse.models.backbone import Backbone
 
 TRAIN_ON = ("all_positions", "last_position")
@@ -50,9 +51,10 @@ class NextItemModel(keras.Model):
     (ranking every training slot against every item costs about a seventh of
     a training step, and a training-set HR@K is not what model selection
     needs). During
-    training, the backbone's auxiliary objectives
-    (`Backbone.auxiliary_loss`, which sees the batch's labels) and any loss
-    it adds with `add_loss` are added to the next-item loss.
+    training, the losses of the auxiliary `heads` (the papers' auxiliary
+    objectives, which see the batch's labels and the backbone's outputs) and
+    any loss the backbone adds with `add_loss` are added to the next-item
+    loss.
 
     Args:
         backbone: a `tfsidefuse.models.Backbone`.
@@ -64,20 +66,38 @@ class NextItemModel(keras.Model):
             batches in `fit` (the training logs then carry `hr@10` etc.
             beside `loss`). Off by default: only the loss is tracked there.
         sampled_softmax: a `tfsidefuse.layers.SampledSoftmax` to train with
-            the sampled softmax instead of the full one: in `fit`, `call`
-            returns the scored vectors (`[slots, d]`, the inputs of
-            `score_items`) and the loss scores them against each slot's
-            target and the step's shared sampled negatives (the compiled
-            loss then serves evaluation only, where every item is ranked).
-            `None` (default): the full softmax.
+            the sampled softmax instead of the full one: in `fit`, the
+            training outputs hold the scored vectors (`[slots, d]`, the
+            inputs of `score_items`) and the step's draws, and the loss
+            scores them against each slot's target and the step's shared
+            sampled negatives (the compiled loss then serves evaluation
+            only, where every item is ranked). `None` (default): the full
+            softmax.
+        heads: `tfsidefuse.models.AuxiliaryHead`s, the auxiliary objectives
+            added to the training loss (`build_model` gives each paper's
+            model its own: `DIFSRAttributeHead`, `ASIFAlignmentHead`,
+            `COMIFAlignmentHead`); none by default.
         **kwargs: standard model arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
         inputs: dict with `"item_ids"` `[batch, seq_len]` (left-padded) and
             the other inputs the backbone uses.
-        training: bool, whether dropout is active.
+        training: bool, whether dropout is active. `training=True` without
+            `all_positions` is the training call of `fit`, see Returns.
         all_positions: bool, logits at every slot instead of the last one.
-            Defaults to `training and train_on == "all_positions"`.
+            Defaults to `False` (for the training call: `train_on ==
+            "all_positions"`).
+
+    Returns:
+        The logits, `[batch, num_items]` or `[batch, seq_len, num_items]`.
+        The training call (`training=True`, `all_positions` not given)
+        returns instead the dict that `compute_loss` and `compute_metrics`
+        read in the same step: `"logits"` of the trained slots (with
+        `sampled_softmax`: their scoring `"vectors"` and the step's
+        `"draws"`), `"slots"` (flat indices of the scored `[batch, seq_len]`
+        slots, where only the real ones are scored), `"inputs"` (the
+        sanitized inputs) and `"backbone_outputs"` (the backbone's dict, read
+        by the `heads`).
 
     Example:
 
@@ -101,6 +121,7 @@ class NextItemModel(keras.Model):
         exclude_history: bool = False,
         train_metrics: bool = False,
         sampled_softmax: SampledSoftmax | None = None,
+        heads: list[AuxiliaryHead] | tuple[AuxiliaryHead, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -123,8 +144,11 @@ class NextItemModel(keras.Model):
                     f"`sampled_softmax` samples from {sampled_softmax.num_items} item ids but the backbone has "
                     f"num_items={backbone.num_items}"
                 )
+        if isinstance(heads, AuxiliaryHead) or not all(isinstance(head, AuxiliaryHead) for head in heads):
+            raise ValueError(f"`heads` must be a list of `tfsidefuse.models.AuxiliaryHead`s. Received: heads={heads!r}")
         self.sampled_softmax = sampled_softmax
         self.backbone = backbone
+        self.heads = list(heads)
         self.train_on = train_on
         self.exclude_history = exclude_history
         self.train_metrics = train_metrics
@@ -132,38 +156,61 @@ class NextItemModel(keras.Model):
     def build(self, inputs_shape: Any = None) -> None:
         if not self.backbone.built:
             self.backbone.build(inputs_shape)
+        for head in self.heads:
+            if not head.built:
+                head.build()
         self.built = True
 
     def call(self, inputs: dict[str, Any], training: bool | None = None, all_positions: bool | None = None) -> Any:
-        packed = False
-        sampled = False
-        if all_positions is None:
-            all_positions = bool(training) and self.train_on == "all_positions"
-            packed = all_positions and self._packs_positions()
-            sampled = bool(training) and self.sampled_softmax is not None
+        if training and all_positions is None:
+            return self._training_outputs(inputs)
+        all_positions = bool(all_positions)
         inputs = self._sanitize(inputs, keep_last=not all_positions)
-        # Read by `compute_metrics`, traced in the same step right after this call.
-        object.__setattr__(self, "_training_call", bool(training))
-        object.__setattr__(self, "_returned_vectors", False)
-        if not all_positions and self.backbone.supports_last_position_only:
-            hidden = self.backbone(inputs, training=training, last_position_only=True)  # [batch, 1, d]
-        else:
-            hidden = self.backbone(inputs, training=training)
-        if training:
-            # Read back by `compute_loss` in the same traced step, for the backbone's auxiliary objectives.
-            object.__setattr__(self, "_training_context", (inputs, hidden))
-        if packed:
-            # Score only the real (non-padding) slots: [num_real_slots, d].
-            flat = ops.reshape(hidden, (-1, ops.shape(hidden)[-1]))
-            hidden = ops.take(flat, self._real_slots(inputs), axis=0)
-        elif not all_positions:
+        hidden = self._backbone_outputs(inputs, training, last_position_only=not all_positions)["sequence_output"]
+        if not all_positions:
             hidden = hidden[:, -1, :]
-        if sampled:
-            return self._sampled_training_output(hidden)
         logits = self._logits(hidden)
         if all_positions or training:
             return logits
         return self._exclude(logits, inputs["item_ids"])
+
+    def _backbone_outputs(self, inputs: dict[str, Any], training: bool | None, last_position_only: bool) -> Any:
+        """The backbone's output dict; only the last slot's hidden state when that is all that is scored."""
+        if last_position_only and self.backbone.supports_last_position_only:
+            return self.backbone(inputs, training=training, last_position_only=True)  # [batch, 1, d]
+        return self.backbone(inputs, training=training)
+
+    def _training_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The outputs of a training call: the scores `fit` trains on and what the loss needs besides.
+
+        `train_on="all_positions"` scores every slot (only the real ones, as
+        `"slots"`, where dynamic shapes are allowed), `"last_position"` the
+        last one; see `_scored_outputs` for the scores.
+        """
+        all_positions = self.train_on == "all_positions"
+        inputs = self._sanitize(inputs, keep_last=not all_positions)
+        backbone_outputs = self._backbone_outputs(inputs, True, last_position_only=not all_positions)
+        outputs = {"inputs": inputs, "backbone_outputs": backbone_outputs}
+        hidden = backbone_outputs["sequence_output"]
+        if all_positions and self._packs_positions():
+            # Score only the real (non-padding) slots: [num_real_slots, d].
+            outputs["slots"] = self._real_slots(inputs)
+            hidden = ops.take(ops.reshape(hidden, (-1, ops.shape(hidden)[-1])), outputs["slots"], axis=0)
+        elif not all_positions:
+            hidden = hidden[:, -1, :]
+        outputs.update(self._scored_outputs(hidden))
+        return outputs
+
+    def _scored_outputs(self, hidden: Any) -> dict[str, Any]:
+        """`{"logits": ...}` of the scored hidden states, or with `sampled_softmax` `{"vectors", "draws"}`.
+
+        The sampled softmax scores the scoring vectors in the loss, against
+        the step's draws. They are drawn here, in the forward pass, where the
+        seed generator's state is updated also in stateless (JAX) steps.
+        """
+        if self.sampled_softmax is None:
+            return {"logits": self._logits(hidden)}
+        return {"vectors": self.scoring_vectors(hidden), "draws": self.sampled_softmax.draw()}
 
     def _logits(self, hidden: Any) -> Any:
         """Float32 scores `H E^T` of hidden states `[..., d]` against the item table, `[..., num_items]`."""
@@ -236,10 +283,7 @@ class NextItemModel(keras.Model):
     def _inference_hidden(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
         """The sanitized item ids and the hidden state scored at inference, `[batch, d]`: after the last item."""
         inputs = self._sanitize(inputs, keep_last=True)
-        if self.backbone.supports_last_position_only:
-            hidden = self.backbone(inputs, training=False, last_position_only=True)
-        else:
-            hidden = self.backbone(inputs, training=False)
+        hidden = self._backbone_outputs(inputs, False, last_position_only=True)["sequence_output"]
         return inputs["item_ids"], hidden[:, -1, :]
 
     def rank_in_blocks(
@@ -363,14 +407,6 @@ class NextItemModel(keras.Model):
     # Sampled softmax
     # ----------------------------------------------------------------------------------------------------------------
 
-    def _sampled_training_output(self, hidden: Any) -> Any:
-        """The training output with `sampled_softmax`: the scoring vectors; the step's draws are kept for the loss."""
-        # Drawn in the forward pass, where the seed generator's state is updated also in stateless (JAX) steps;
-        # read back by `compute_loss` in the same traced step.
-        object.__setattr__(self, "_sampled_draws", self.sampled_softmax.draw())
-        object.__setattr__(self, "_returned_vectors", True)
-        return self.scoring_vectors(hidden)
-
     def sampled_softmax_loss(self, vectors: Any, labels: Any, draws: Any, sample_weight: Any = None) -> Any:
         """The sampled softmax loss of scoring vectors against their targets and the negatives of `draws`.
 
@@ -454,66 +490,92 @@ class NextItemModel(keras.Model):
         mask = ops.reshape(ops.not_equal(inputs["item_ids"], 0), (-1,))
         return ops.nonzero(mask)[0]
 
-    def _slot_labels(self, x: Any, y: Any) -> Any:
-        """The labels of the outputs of the latest `call`: the next-item labels given with the batch."""
-        return y
-
-    def _scored_slots(self, x: Any, labels: Any) -> Any:
-        """Flat indices of the `[batch, seq_len]` slots that `call` scores when it packs them: the real ones."""
-        return self._real_slots(x)
-
     def _pack(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> tuple[Any, Any]:
-        """Selects the labels (and weights) of the slots that `call` scored when it packed them."""
+        """Selects the labels (and weights) of the slots that the outputs `y_pred` score.
+
+        A training call's outputs (a dict) name the slots they packed
+        (`"slots"`) and, for the Cloze task, carry their own labels
+        (`"labels"`), which replace `y`.
+        """
+        slots = None
+        if isinstance(y_pred, dict):
+            y = y_pred.get("labels", y)
+            slots = y_pred.get("slots")
+            y_pred = y_pred["logits"] if "logits" in y_pred else y_pred["vectors"]
         if y is None or len(ops.shape(y)) != 2 or len(ops.shape(y_pred)) != 2:
             return y, sample_weight
-        if not self._packs_positions():
-            # Nothing was packed (JAX, XLA): all-position outputs are [batch, T, items]. Two-dimensional labels
-            # with a [batch, items] output only meet in Keras' symbolic build, which on JAX pairs the training
-            # labels with an inference output (the last position): its labels are then the last column.
-            last_column = sample_weight is not None and len(ops.shape(sample_weight)) == 2
-            return y[:, -1], (sample_weight[:, -1] if last_column else sample_weight)
-        slots = self._scored_slots(x, y)
+        if slots is None:
+            if not self._packs_positions():
+                # Nothing was packed (JAX, XLA): all-position outputs are [batch, T, items]. Two-dimensional labels
+                # with a [batch, items] output only meet in Keras' symbolic build, which on JAX pairs the training
+                # labels with an inference output (the last position): its labels are then the last column.
+                last_column = sample_weight is not None and len(ops.shape(sample_weight)) == 2
+                return y[:, -1], (sample_weight[:, -1] if last_column else sample_weight)
+            slots = self._real_slots(x)
         y = ops.take(ops.reshape(y, (-1,)), slots, axis=0)
         if sample_weight is not None and len(ops.shape(sample_weight)) == 2:
             sample_weight = ops.take(ops.reshape(sample_weight, (-1,)), slots, axis=0)
         return y, sample_weight
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The next-item loss of the outputs `y_pred` of `call`, plus the losses of the heads in training.
+
+        A training call's outputs are a dict (see `_training_outputs`): its
+        scores (`"logits"`, or `"vectors"` and `"draws"` for the sampled
+        softmax), the slots and labels they belong to, and the backbone's
+        outputs, which the `heads` read. Any other output is scored by the
+        compiled loss alone.
+        """
         # Under tf.distribute, a training step's loss is the mean over the labelled slots of the global batch.
         with replicas.training_step(training):
             return self._compute_loss_in_step(x, y, y_pred, sample_weight, training)
 
     def _compute_loss_in_step(self, x, y, y_pred, sample_weight, training):
-        labels = self._slot_labels(x, y)
-        y, sample_weight = self._pack(x, labels, y_pred, sample_weight)
-        draws = getattr(self, "_sampled_draws", None)
-        if training and draws is not None and y is not None:
-            # `y_pred` holds the scoring vectors of the slots (see `_sampled_training_output`).
-            object.__setattr__(self, "_sampled_draws", None)
-            loss = self.sampled_softmax_loss(y_pred, y, draws, sample_weight)
+        outputs = y_pred if isinstance(y_pred, dict) else {"logits": y_pred}
+        labels = outputs.get("labels", y)
+        y, sample_weight = self._pack(x, y, y_pred, sample_weight)
+        if "vectors" in outputs and y is not None:
+            loss = self.sampled_softmax_loss(outputs["vectors"], y, outputs["draws"], sample_weight)
             for extra in self.losses:
                 loss = loss + ops.cast(self._aggregate_additional_loss(extra), loss.dtype)
         else:
-            loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        context = getattr(self, "_training_context", None)
-        if training and labels is not None and context is not None:
-            object.__setattr__(self, "_training_context", None)
-            inputs, hidden = context
-            for value in self.backbone.auxiliary_loss(inputs, labels, hidden).values():
+            scores = outputs["logits"] if "logits" in outputs else outputs["vectors"]
+            loss = super().compute_loss(x=x, y=y, y_pred=scores, sample_weight=sample_weight, training=training)
+        if training and labels is not None and "backbone_outputs" in outputs:
+            for value in self.auxiliary_losses(outputs, labels).values():
                 # Divided by the replicas under tf.distribute, as Keras divides the next-item loss.
                 loss = loss + replicas.per_replica_share(ops.cast(value, loss.dtype))
         return loss
 
+    def auxiliary_losses(self, outputs: dict[str, Any], labels: Any) -> dict[str, Any]:
+        """The losses of the `heads` on the outputs of a training call, weights included, by name.
+
+        Args:
+            outputs: the dict of a training call (`call(inputs, training=True)`).
+            labels: the batch's labels (the Cloze labels are taken from `outputs`).
+
+        Returns:
+            dict name -> float32 scalar, over all heads; empty without heads.
+        """
+        labels = outputs.get("labels", labels)
+        losses = {}
+        for head in self.heads:
+            losses.update(head(outputs["backbone_outputs"], outputs["inputs"], labels, backbone=self.backbone))
+        return losses
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        training_call = getattr(self, "_training_call", False)
-        if training_call and getattr(self, "_returned_vectors", False) and self.train_metrics:
-            # Sampled-softmax training returned the scoring vectors: the metrics rank every item.
-            y_pred = self.score_items(y_pred)
+        training_call = isinstance(y_pred, dict)
         skip = training_call and not self.train_metrics
         if skip and (self._compile_metrics is None or self._compile_metrics.built):
             # A training step: only the loss (tracked by the trainer itself), no label packing.
             return {m.name: m.result() for m in self.metrics if m.name == "loss"}
-        y, sample_weight = self._pack(x, self._slot_labels(x, y), y_pred, sample_weight)
+        y, sample_weight = self._pack(x, y, y_pred, sample_weight)
+        if training_call:
+            outputs = y_pred
+            y_pred = outputs["logits"] if "logits" in outputs else outputs["vectors"]
+            if "logits" not in outputs and self.train_metrics:
+                # Sampled-softmax training returned the scoring vectors: the metrics rank every item.
+                y_pred = self.score_items(y_pred)
         if skip:
             # Built all the same (once, at the first trace): Keras reads their unused results at the epoch's end.
             self._compile_metrics.build(y, y_pred)
@@ -596,6 +658,7 @@ class NextItemModel(keras.Model):
             "sampled_softmax": (
                 None if self.sampled_softmax is None else keras.saving.serialize_keras_object(self.sampled_softmax)
             ),
+            "heads": [keras.saving.serialize_keras_object(head) for head in self.heads],
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
@@ -607,4 +670,5 @@ class NextItemModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         if config.get("sampled_softmax") is not None:
             config["sampled_softmax"] = keras.saving.deserialize_keras_object(config["sampled_softmax"])
+        config["heads"] = [keras.saving.deserialize_keras_object(head) for head in config.get("heads", [])]
         return cls(**config)

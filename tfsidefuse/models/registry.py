@@ -1,4 +1,4 @@
-"""Backbones by config name, and how to build a trainable model from a config."""
+"""Backbones and auxiliary heads by config name, and how to build a trainable model from a config."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import inspect
 import keras
 
 from tfsidefuse.errors import ConfigError
+from tfsidefuse.models.asif.asif_alignment_head import ASIFAlignmentHead
 from tfsidefuse.models.asif.asif_backbone import ASIFBackbone
+from tfsidefuse.models.auxiliary_head import AuxiliaryHead
 from tfsidefuse.models.bert4rec.bert4rec_backbone import BERT4RecBackbone
+from tfsidefuse.models.comif.comif_alignment_head import COMIFAlignmentHead
 from tfsidefuse.models.comif.comif_backbone import COMIFBackbone
+from tfsidefuse.models.difsr.difsr_attribute_head import DIFSRAttributeHead
 from tfsidefuse.models.difsr.difsr_backbone import DIFSRBackbone
 from tfsidefuse.models.fdsa.fdsa_backbone import FDSABackbone
 from tfsidefuse.models.masked_item_model import CLOZE_TASK, MaskedItemModel
@@ -35,12 +39,33 @@ BACKBONES = {
     "nova_bert": NOVABERTBackbone,
 }
 
+#: Config name -> the head of the paper's auxiliary objectives, which the task adds to the next-item loss.
+HEADS = {
+    "difsr": DIFSRAttributeHead,
+    "asif": ASIFAlignmentHead,
+    "comif": COMIFAlignmentHead,
+}
+#: Head constructor arguments that come from the backbone, never from a config.
+HEAD_ARGS_FROM_BACKBONE = ("item_features", "hidden_dim")
+
 #: Model params of Cloze backbones that configure the task (`MaskedItemModel`: `mask_prob`, ...), not the backbone.
 CLOZE_PARAMS = tuple(
     name
     for name in inspect.signature(MaskedItemModel).parameters
     if name not in ("backbone", "exclude_history", "kwargs")
 )
+
+
+def _head_params(name: str) -> tuple[str, ...]:
+    """The model params of a model's head (its objective's hyper-parameters, loss weights included)."""
+    if name not in HEADS:
+        return ()
+    return tuple(
+        param
+        for param in inspect.signature(HEADS[name]).parameters
+        if param not in HEAD_ARGS_FROM_BACKBONE and param != "kwargs"
+    )
+
 
 #: Constructor parameter -> schema level of the side features derived for it.
 SIDE_FEATURE_PARAMS = {"item_features": "item", "interaction_features": "interaction"}
@@ -54,13 +79,56 @@ def is_cloze(name: str) -> bool:
 
 
 def split_task_params(name: str, params: dict) -> tuple[dict, dict]:
-    """A model's params split into the backbone's and the task model's (:data:`CLOZE_PARAMS` of Cloze backbones)."""
-    if not is_cloze(name) or not isinstance(params, dict):
+    """A model's params split into the backbone's and the task's.
+
+    The task's are :data:`CLOZE_PARAMS` for Cloze backbones (they configure
+    the :class:`MaskedItemModel`) and the params of the model's head in
+    :data:`HEADS` (its auxiliary objectives); :func:`task_params_owner` says
+    which class takes them.
+    """
+    task_params = CLOZE_PARAMS if is_cloze(name) else _head_params(name)
+    if not task_params or not isinstance(params, dict):
         return params, {}
     return (
-        {key: value for key, value in params.items() if key not in CLOZE_PARAMS},
-        {key: value for key, value in params.items() if key in CLOZE_PARAMS},
+        {key: value for key, value in params.items() if key not in task_params},
+        {key: value for key, value in params.items() if key in task_params},
     )
+
+
+def task_params_owner(name: str) -> tuple[type, tuple[str, ...]]:
+    """The class that takes a model's task params (:func:`split_task_params`), and its arguments set otherwise.
+
+    Returns:
+        ``(cls, exclude)``: :class:`MaskedItemModel` for Cloze backbones, else
+        the model's head class in :data:`HEADS`; ``exclude`` names the
+        constructor arguments that are not model params.
+    """
+    if is_cloze(name):
+        return MaskedItemModel, ("backbone", "exclude_history")
+    if name in HEADS:
+        return HEADS[name], HEAD_ARGS_FROM_BACKBONE
+    raise ConfigError(f"model {name!r} takes no task params")
+
+
+def build_heads(name: str, params: dict, backbone: keras.layers.Layer) -> list[AuxiliaryHead]:
+    """The auxiliary heads of a model: its paper's head in :data:`HEADS`, configured by the task params.
+
+    Args:
+        name: a key of :data:`BACKBONES`.
+        params: the head's params (the task params of :func:`split_task_params`).
+        backbone: the model's backbone, which gives the head its item features
+            and hidden width.
+
+    Returns:
+        A list with the head, or an empty list for a model without one.
+    """
+    if name not in HEADS:
+        return []
+    head_cls = HEADS[name]
+    derived = {
+        arg: getattr(backbone, arg) for arg in HEAD_ARGS_FROM_BACKBONE if arg in inspect.signature(head_cls).parameters
+    }
+    return [head_cls(**derived, **params, dtype=backbone.dtype_policy)]
 
 
 def side_feature_params(backbone_cls: type) -> tuple[str, ...]:
@@ -176,9 +244,11 @@ def build_model(
     train_metrics: bool = False,
     sampled_softmax=None,
 ) -> NextItemModel:
-    """A :class:`NextItemModel` around the named backbone.
+    """A :class:`NextItemModel` around the named backbone, with the auxiliary head of its paper.
 
-    Backbones that declare the Cloze task (class attribute ``task =
+    The model params of the head in :data:`HEADS` (DIF-SR's ``lambda_attr``,
+    ASIF's ``rsa_weight``, COMIF's ``iaa_weight``, ...) configure the head,
+    the others the backbone. Backbones that declare the Cloze task (class attribute ``task =
     "cloze"``: BERT4Rec, NOVA-BERT) get a :class:`MaskedItemModel` instead,
     which takes the params in :data:`CLOZE_PARAMS` (``mask_prob``,
     ``ft_ratio``, ...) from ``params``; it trains on either objective
@@ -216,10 +286,16 @@ def build_model(
             **task_params,
         )
     backbone = build_backbone(name, params, schema=schema, item_feature_tables=item_feature_tables)
+    heads = build_heads(name, task_params, backbone)
+    if item_feature_tables is not None:
+        tables = {f["name"]: item_feature_tables[f["name"]] for f in getattr(backbone, "item_features", [])}
+        for head in heads:
+            head.set_item_feature_tables(tables)
     return NextItemModel(
         backbone,
         train_on=train_on,
         exclude_history=exclude_history,
         train_metrics=train_metrics,
         sampled_softmax=sampled_softmax,
+        heads=heads,
     )

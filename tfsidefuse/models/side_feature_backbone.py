@@ -57,7 +57,7 @@ class SideFeatureBackbone(SASRecBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 

@@ -1,4 +1,4 @@
-"""ASIF: fused attention with decoupled position, representation-space alignment and HIE."""
+"""ASIF: fused attention with decoupled position and HIE; its alignment is `ASIFAlignmentHead`."""
 
 from __future__ import annotations
 
@@ -6,28 +6,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import keras
-from keras import ops
 
-from tfsidefuse.layers._checks import check_choice, check_positive, check_positive_int
+from tfsidefuse.layers._checks import check_choice, check_positive_int
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
 from tfsidefuse.layers.fused_attention import ATTENTION_MODES, HIE_ACTIVATIONS, SCORE_SCALINGS, FusedAttention
 from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.layers.orthogonal_basis import BASIS_MODES, OrthogonalBasis
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
 
-RSA_REDUCTIONS = ("mean_rows", "literal")
-RSA_SCOPES = ("sequence", "batch")
-RSA_SOURCES = ("embeddings", "layers")
 SIDE_STREAM_UPDATES = ("residual_norm", "residual", "replace")
-# Logit of the pairs left out of the contrastive softmax; finite so that fully masked rows stay NaN-free.
-_EXCLUDED_LOGIT = -1e9
-_NORM_EPSILON = 1e-8
-
-
-def _l2_normalize(x: Any) -> Any:
-    # The floor keeps the gradient finite at the zero vectors of padded slots and attribute-less items.
-    squared_norm = ops.sum(ops.square(x), axis=-1, keepdims=True)
-    return x / ops.sqrt(ops.maximum(squared_norm, _NORM_EPSILON**2))
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
@@ -52,18 +39,13 @@ class ASIFBackbone(SideFeatureBackbone):
     attribute stream from layer 1 on) and `P^{l+1} = LN_P(P^l + Dropout(h_P
     W^O_P))`. Hidden states are scored against the item table (eq. 14).
 
-    Representation-space alignment (RSA, eqs. 6-9) is the auxiliary loss
-    `{"alignment": rsa_weight * L_co}`: per sequence, the raw item embeddings
-    `x_t = E_id[s_t]` and attribute sums `a_t = sum_j a_{j,t}` (item features)
-    of the real slots are L2-normalised, `G = x~ a~^T / tau`, and
-    `L_co = sum_t [-log softmax(G_t)_t - log softmax(G^T_t)_t] / (2 sum_b n_b)`
-    (a symmetric InfoNCE; pairs of the same item at two slots are no
-    negatives). Slots whose item has no attribute take no part. With
-    `hie_basis="soft"` an `{"orthogonality": beta ||Q^T Q - I||_F^2}` term
-    is added.
+    Representation-space alignment (RSA, eqs. 6-9) is an auxiliary objective
+    of the task, `ASIFAlignmentHead` (with the weight of the soft HIE basis
+    penalty); the backbone returns the representations it aligns (see
+    Returns) and, with `hie_basis="soft"`, the penalty `||Q^T Q - I||_F^2`.
 
-    Ablations (poster Table 4), one flag each: `use_rsa=False` (w/o RSA),
-    `use_hie=False` (w/o HIE), `update_position_stream=False` (w/o UP: the
+    Ablations (poster Table 4), one flag each: `use_rsa=False` of the head
+    (w/o RSA), `use_hie=False` (w/o HIE), `update_position_stream=False` (w/o UP: the
     position stream stays `P^0` in every layer, as DIF-SR),
     `fused_attention="decoupled"` (w/o FA).
 
@@ -74,19 +56,14 @@ class ASIFBackbone(SideFeatureBackbone):
     added to `X^0` and there are no `C_P`, no position path); A4
     `update_attribute_stream` (`False`: every layer fuses the original
     `A_j^0`); A5 `hie_basis` (`"qr"`, `"soft"`, `"fixed"`, see
-    `OrthogonalBasis`) with `hie_orthogonality_weight`; A6
-    `hie_activation`; A7 `share_hie_basis`; A8 `rsa_source`
-    (`"embeddings"`; `"layers"`: the mean of the loss on every layer's input
-    streams, `x = X^l`, `a = sum of A^l`) and `rsa_scope` (`"sequence"`;
-    `"batch"`: contrast over the distinct items of the whole batch, memory
-    `O((batch * seq_len)^2)`), with `rsa_reduction` and
-    `rsa_exclude_repeats`; A9 `tie_output_table`; A10 `num_heads` (HIE acts
+    `OrthogonalBasis`) with the head's `hie_orthogonality_weight`; A6
+    `hie_activation`; A7 `share_hie_basis`; A8 the head's `rsa_source`,
+    `rsa_scope`, `rsa_reduction` and `rsa_exclude_repeats`; A9
+    `tie_output_table`; A10 `num_heads` (HIE acts
     on merged heads); A11 `side_stream_update` (`"residual_norm"`,
     `"residual"`: `A^{l+1} = Z + Dropout(h_A W^O_A)`, `"replace"`:
     `A^{l+1} = h_A W^O_A`, the literal eqs. 4-5); A12 `fusion`; A13
     `score_scaling`. A1 (names) and A14 (a dataset statistic) need no flag.
-    `rsa_reduction="literal"` sums the row losses of a sequence and averages
-    over sequences, as eq. 9 is written.
 
     Interaction features (not in the poster, whose side information is
     item attributes) join the attribute streams of the fused logits but not
@@ -111,23 +88,13 @@ class ASIFBackbone(SideFeatureBackbone):
         fusion: `"add"`, `"concat"` or `"gate"`, the fusion `F` of each layer.
         gate_scorer: `"linear"` or `"mlp"`, the scorer of `"gate"` fusion.
         pooling: `"sum"`, `"mean"` or `"max"` over multi-valued attributes.
-        use_rsa: add the alignment loss.
         use_hie: apply homogeneous information extraction.
         update_position_stream: propagate the position stream (UP).
         fused_attention: `"fused"`, `"decoupled"`, `"item_only"` or
             `"vanilla"` (the last drops the attribute path and HIE).
-        rsa_weight: `lambda >= 0`.
-        rsa_temperature: `tau > 0`.
-        rsa_reduction: `"mean_rows"` or `"literal"`.
-        rsa_scope: `"sequence"` or `"batch"`.
-        rsa_source: `"embeddings"` or `"layers"`.
-        rsa_exclude_repeats: leave pairs of the same item out of the
-            negatives (and, with `rsa_scope="batch"`, count each distinct item
-            once).
         hie_rank: number of bases `r`, `1 <= r <= hidden_dim`; `None` gives
             `max(1, hidden_dim // 4)`.
         hie_basis: `"qr"`, `"soft"` or `"fixed"`.
-        hie_orthogonality_weight: `beta >= 0` of the `"soft"` penalty.
         hie_activation: `phi`, `"sigmoid"`, `"relu"`, `"tanh"` or
             `"identity"`.
         share_hie_basis: one `Q` for all layers instead of one per layer.
@@ -148,7 +115,14 @@ class ASIFBackbone(SideFeatureBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        A dict with the hidden states `"sequence_output"`, `[batch, seq_len,
+        hidden_dim]`, and what the alignment reads, each `[batch, seq_len,
+        hidden_dim]`: `"item_embeddings"` (`E_id[s]`), `"attribute_embeddings"`
+        (the sum of the item-feature embeddings; only with item features),
+        `"item_streams"` and `"attribute_streams"` (per layer that has
+        attribute streams, its input `X^l` and the sum of its `A^l`), and,
+        with `hie_basis="soft"`, the scalar `"orthogonality_penalty"`
+        `sum ||Q^T Q - I||_F^2`.
 
     Example:
 
@@ -158,7 +132,7 @@ class ASIFBackbone(SideFeatureBackbone):
         item_features=[{"name": "categories", "vocab_size": 60, "max_values": 4}],
     )
     backbone.set_item_feature_tables({"categories": categories_table})  # [1000, 4] ints
-    model = NextItemModel(backbone)  # adds rsa_weight * L_co to the loss in training
+    model = NextItemModel(backbone, heads=[ASIFAlignmentHead(rsa_weight=0.1)])  # adds 0.1 * L_co in training
     ```
 
     Reference:
@@ -182,19 +156,11 @@ class ASIFBackbone(SideFeatureBackbone):
         fusion: str = "add",
         gate_scorer: str = "linear",
         pooling: str = "mean",
-        use_rsa: bool = True,
         use_hie: bool = True,
         update_position_stream: bool = True,
         fused_attention: str = "fused",
-        rsa_weight: float = 0.1,
-        rsa_temperature: float = 0.1,
-        rsa_reduction: str = "mean_rows",
-        rsa_scope: str = "sequence",
-        rsa_source: str = "embeddings",
-        rsa_exclude_repeats: bool = True,
         hie_rank: int | None = None,
         hie_basis: str = "qr",
-        hie_orthogonality_weight: float = 1.0,
         hie_activation: str = "sigmoid",
         share_hie_basis: bool = False,
         untied_position: bool = True,
@@ -222,18 +188,13 @@ class ASIFBackbone(SideFeatureBackbone):
         check_choice("fusion", fusion, FUSION_MODES)
         check_choice("gate_scorer", gate_scorer, GATE_SCORERS)
         check_choice("fused_attention", fused_attention, ATTENTION_MODES)
-        check_choice("rsa_reduction", rsa_reduction, RSA_REDUCTIONS)
-        check_choice("rsa_scope", rsa_scope, RSA_SCOPES)
-        check_choice("rsa_source", rsa_source, RSA_SOURCES)
         check_choice("hie_basis", hie_basis, BASIS_MODES)
         check_choice("hie_activation", hie_activation, HIE_ACTIVATIONS)
         check_choice("side_stream_update", side_stream_update, SIDE_STREAM_UPDATES)
         check_choice("score_scaling", score_scaling, SCORE_SCALINGS)
         flags = {
-            "use_rsa": use_rsa,
             "use_hie": use_hie,
             "update_position_stream": update_position_stream,
-            "rsa_exclude_repeats": rsa_exclude_repeats,
             "share_hie_basis": share_hie_basis,
             "untied_position": untied_position,
             "update_attribute_stream": update_attribute_stream,
@@ -242,10 +203,6 @@ class ASIFBackbone(SideFeatureBackbone):
         for name, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-        for name, value in (("rsa_weight", rsa_weight), ("hie_orthogonality_weight", hie_orthogonality_weight)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"`{name}` must be a number >= 0. Received: {name}={value!r}")
-        check_positive("rsa_temperature", rsa_temperature)
         if hie_rank is not None:
             check_positive_int("hie_rank", hie_rank, allow_bool=False)
             if hie_rank > hidden_dim:
@@ -257,19 +214,11 @@ class ASIFBackbone(SideFeatureBackbone):
             )
         self.fusion = fusion
         self.gate_scorer = gate_scorer
-        self.use_rsa = use_rsa
         self.use_hie = use_hie
         self.update_position_stream = update_position_stream
         self.fused_attention = fused_attention
-        self.rsa_weight = rsa_weight
-        self.rsa_temperature = rsa_temperature
-        self.rsa_reduction = rsa_reduction
-        self.rsa_scope = rsa_scope
-        self.rsa_source = rsa_source
-        self.rsa_exclude_repeats = rsa_exclude_repeats
         self.hie_rank = hie_rank
         self.hie_basis = hie_basis
-        self.hie_orthogonality_weight = hie_orthogonality_weight
         self.hie_activation = hie_activation
         self.share_hie_basis = share_hie_basis
         self.untied_position = untied_position
@@ -376,26 +325,33 @@ class ASIFBackbone(SideFeatureBackbone):
             return updated
         return norms[layer](updated)
 
-    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+    def call(self, inputs: dict[str, Any], training: bool | None = None) -> dict[str, Any]:
         item_ids = inputs["item_ids"]
         mask = padding_mask(item_ids)
         attributes = self.side_embedding_list(inputs)
         position = self.position_embedding(mask)
-        x = self.item_embedding(item_ids)
-        if not self.untied_position:
-            x = x + position
+        items = self.item_embedding(item_ids)
+        outputs = {"item_embeddings": items}
+        if self.item_features:
+            # The item features come first in `attributes`; interaction features take no part in the alignment.
+            item_side = attributes[: len(self.item_features)]
+            outputs["attribute_embeddings"] = sum(item_side[1:], item_side[0])
+        x = items if self.untied_position else items + position
         x = self.normalize_embeddings(x, training)
         causal_mask = attention_mask(mask, causal=True)
-        layer_streams = []
+        item_streams, attribute_streams = [], []
         for i, block in enumerate(self.transformer_layers):
-            layer_streams.append((x, attributes))
+            if attributes:
+                item_streams.append(x)
+                attribute_streams.append(sum(attributes[1:], attributes[0]))
             kwargs = {"attribute_inputs": attributes}
             if self.untied_position:
                 kwargs["position_input"] = position
             if self._applies_hie:
                 kwargs["hie_basis"] = self.hie_bases[0 if self.share_hie_basis else i].basis()
-            x = block(x, attention_mask=causal_mask, training=training, **kwargs)
-            side_outputs = block.self_attention.latest_side_outputs
+            x, side_outputs = block(
+                x, attention_mask=causal_mask, training=training, return_side_outputs=True, **kwargs
+            )
             if "attribute" in side_outputs:
                 attributes = [
                     self._update_stream(
@@ -410,86 +366,10 @@ class ASIFBackbone(SideFeatureBackbone):
                 position = self._update_stream(
                     position, side_outputs["position"], self.position_stream_norms, i, training
                 )
-        if self.use_rsa and self.rsa_source == "layers":
-            # Read back by `auxiliary_loss` in the same traced step.
-            object.__setattr__(self, "_layer_streams", layer_streams)
-        return x
-
-    def alignment_loss(self, item_ids: Any, items: Any, attributes: Any) -> Any:
-        """The RSA loss `L_co` (unweighted) of one batch, float32 scalar.
-
-        Args:
-            item_ids: int `[batch, seq_len]`, `0` = padding.
-            items: the item representations `x`, `[batch, seq_len, d]`.
-            attributes: the attribute representations `a`, `[batch, seq_len, d]`.
-
-        Returns:
-            `L_co`; `0` when no slot has both a real item and a non-zero `a`.
-        """
-        items = ops.cast(items, "float32")
-        attributes = ops.cast(attributes, "float32")
-        item_ids = ops.cast(item_ids, "int32")
-        batch_size = ops.shape(item_ids)[0]
-        valid = ops.logical_and(ops.not_equal(item_ids, 0), ops.sum(ops.square(attributes), axis=-1) > 0)
-        if self.rsa_scope == "batch":
-            items = ops.reshape(items, (1, -1, self.hidden_dim))
-            attributes = ops.reshape(attributes, (1, -1, self.hidden_dim))
-            item_ids = ops.reshape(item_ids, (1, -1))
-            valid = ops.reshape(valid, (1, -1))
-        items = _l2_normalize(items)
-        attributes = _l2_normalize(attributes)
-        logits = ops.matmul(items, ops.transpose(attributes, (0, 2, 1))) / self.rsa_temperature
-
-        length = ops.shape(item_ids)[1]
-        same_slot = ops.expand_dims(ops.eye(length, dtype="bool"), axis=0)
-        both_valid = ops.logical_and(ops.expand_dims(valid, 2), ops.expand_dims(valid, 1))
-        rows = valid
-        allowed = both_valid
-        if self.rsa_exclude_repeats:
-            other_item = ops.not_equal(ops.expand_dims(item_ids, 2), ops.expand_dims(item_ids, 1))
-            if self.rsa_scope == "batch":
-                # A slot stands for its item if no earlier real slot holds the same item: each item counts once.
-                earlier = ops.expand_dims(ops.logical_not(ops.triu(ops.ones((length, length), dtype="bool"))), 0)
-                same_item_before = ops.logical_and(ops.logical_and(both_valid, earlier), ops.logical_not(other_item))
-                repeated = ops.any(same_item_before, axis=2)
-                rows = ops.logical_and(valid, ops.logical_not(repeated))
-                other_item = ops.logical_and(other_item, ops.expand_dims(rows, 1))
-            allowed = ops.logical_and(both_valid, ops.logical_or(same_slot, other_item))
-
-        def diagonal_log_softmax(scores: Any) -> Any:
-            scores = ops.where(allowed, scores, _EXCLUDED_LOGIT)
-            return ops.diagonal(ops.log_softmax(scores, axis=-1), axis1=1, axis2=2)
-
-        row_losses = -(diagonal_log_softmax(logits) + diagonal_log_softmax(ops.transpose(logits, (0, 2, 1))))
-        rows = ops.cast(rows, "float32")
-        total = ops.sum(row_losses * rows)
-        if self.rsa_reduction == "mean_rows":
-            return total / (2.0 * ops.maximum(ops.sum(rows), 1.0))
-        return total / (2.0 * ops.cast(batch_size, "float32"))
-
-    def auxiliary_loss(self, inputs: dict[str, Any], labels: Any, hidden: Any) -> dict[str, Any]:
-        losses = {}
-        item_ids = inputs["item_ids"]
-        if self.use_rsa:
-            if self.rsa_source == "embeddings":
-                pairs = []
-                if self.item_features:
-                    side = self.side_information_embedding(inputs)
-                    item_side = [side[feature["name"]] for feature in self.item_features]
-                    pairs = [(self.item_embedding(item_ids), sum(item_side[1:], item_side[0]))]
-            else:
-                pairs = [
-                    (items, sum(attributes[1:], attributes[0]))
-                    for items, attributes in self._layer_streams
-                    if attributes
-                ]
-            if pairs:
-                loss = sum(self.alignment_loss(item_ids, items, attributes) for items, attributes in pairs)
-                losses["alignment"] = self.rsa_weight * loss / len(pairs)
+        outputs.update({"sequence_output": x, "item_streams": item_streams, "attribute_streams": attribute_streams})
         if self._applies_hie and self.hie_basis == "soft":
-            penalty = sum(basis.orthogonality_penalty() for basis in self.hie_bases)
-            losses["orthogonality"] = self.hie_orthogonality_weight * penalty
-        return losses
+            outputs["orthogonality_penalty"] = sum(basis.orthogonality_penalty() for basis in self.hie_bases)
+        return outputs
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -497,19 +377,11 @@ class ASIFBackbone(SideFeatureBackbone):
             {
                 "fusion": self.fusion,
                 "gate_scorer": self.gate_scorer,
-                "use_rsa": self.use_rsa,
                 "use_hie": self.use_hie,
                 "update_position_stream": self.update_position_stream,
                 "fused_attention": self.fused_attention,
-                "rsa_weight": self.rsa_weight,
-                "rsa_temperature": self.rsa_temperature,
-                "rsa_reduction": self.rsa_reduction,
-                "rsa_scope": self.rsa_scope,
-                "rsa_source": self.rsa_source,
-                "rsa_exclude_repeats": self.rsa_exclude_repeats,
                 "hie_rank": self.hie_rank,
                 "hie_basis": self.hie_basis,
-                "hie_orthogonality_weight": self.hie_orthogonality_weight,
                 "hie_activation": self.hie_activation,
                 "share_hie_basis": self.share_hie_basis,
                 "untied_position": self.untied_position,

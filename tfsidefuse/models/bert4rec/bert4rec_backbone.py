@@ -49,13 +49,13 @@ class BERT4RecBackbone(SASRecBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
     ```python
     backbone = BERT4RecBackbone(num_items=1000, max_len=50, hidden_dim=64)
-    hidden = backbone({"item_ids": np.array([[0, 17, 5, 1000]])})  # [1, 4, 64]; slot 3 is [MASK]
+    hidden = backbone({"item_ids": np.array([[0, 17, 5, 1000]])})["sequence_output"]  # [1, 4, 64]; slot 3 is [MASK]
     model = MaskedItemModel(backbone, mask_prob=0.6)
     ```
 

@@ -1,4 +1,4 @@
-"""COMIF: attributes fused at the embedding level, behaviours at the attention level, IAA and UPA."""
+"""COMIF: attributes fused at the embedding level, behaviours at the attention level."""
 
 from __future__ import annotations
 
@@ -8,29 +8,18 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfsidefuse.data.schema import NUM_RESERVED_IDS
-from tfsidefuse.layers._checks import check_choice, check_positive_int
+from tfsidefuse.layers._checks import check_choice
 from tfsidefuse.layers.decoupled_attention import SCORE_FUSIONS, SCORE_SCALES, DecoupledAttention
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
 from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
 
 PREDICTION_POOLINGS = ("same", "sum", "mean")
-IAA_SCOPES = ("batch", "all_items")
-IAA_MULTI_VALUED = ("uniform", "sum")
-UPA_NEGATIVES = ("permute", "uniform")
-# Logit of the padding attribute in the IAA softmax: never a candidate.
-EXCLUDED_LOGIT = -1e9
 
 
 def _check_bool(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-
-
-def _check_weight(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"`{name}` must be a non-negative number. Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
@@ -56,19 +45,11 @@ class COMIFBackbone(SideFeatureBackbone):
     - Prediction (eq. 7): hidden states are scored against the fused item
       table `E_hat = F_emb(E_id, A_1, .., A_p)`, `[num_items, d]`, where
       `A_j[i]` is the pooled attribute embedding of item `i` (`item_table`).
-    - Item-Attribute Alignment (eq. 9): for every item `i` with attributes,
-      `-log softmax_a(e_id(i) . E_a^T)[a(i)]` over the attribute vocabulary
-      (pad attribute excluded) with the pure embeddings; a multi-valued item
-      averages over its values (`iaa_multi_valued`); averaged over the items
-      of the batch (`iaa_scope`) and over the item features.
-    - User Preference Alignment (eq. 10): with `k` passes of the same items
-      with random behaviour sequences giving `h_1..h_k`, and `e_y` the fused
-      embedding of the next item, `-log(exp(e_y.h) / (exp(e_y.h) + sum_j
-      exp(e_y.h_j)))` averaged over the slots that have a target.
-
-    `auxiliary_loss` returns `{"iaa": iaa_weight * L_IAA, "upa": upa_weight *
-    L_UPA}` (IAA only with item features); `NextItemModel` adds them during
-    training only (eq. 11).
+    The paper's self-supervised objectives, Item-Attribute Alignment (eq. 9)
+    and User Preference Alignment (eq. 10), are a head of the task,
+    `COMIFAlignmentHead`; UPA's negative passes call this backbone with
+    random behaviour positions (`behavior_position_ids`) and random
+    interaction features.
 
     Args:
         num_items: size of the item id space, including the padding id 0 and
@@ -106,19 +87,6 @@ class COMIFBackbone(SideFeatureBackbone):
             than the pure `E_id`.
         prediction_pooling: pooling of multi-valued attributes in the item
             table: `"same"` as `pooling`, `"sum"` or `"mean"`.
-        iaa_weight: `lambda_1`, weight of the IAA loss; 0 disables it.
-        iaa_scope: `"batch"` (the distinct items of the batch, history and
-            targets) or `"all_items"` (every item, every step).
-        iaa_multi_valued: for an item with several attribute values,
-            `"uniform"` averages the per-value losses (a soft target uniform
-            over its values), `"sum"` adds them.
-        upa_weight: `lambda_2`, weight of the UPA loss; 0 disables it.
-        upa_num_negatives: `k`, random behaviour sequences per sequence.
-        upa_negatives: `"permute"` (a random permutation of each behaviour
-            over the real slots) or `"uniform"` (i.i.d. uniform ids: positions
-            in `[0, max_len)`, feature ids among the real ids).
-        upa_stop_gradient: stop the gradient through the negative passes.
-        seed: seed of the random behaviour sequences.
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -126,9 +94,13 @@ class COMIFBackbone(SideFeatureBackbone):
             with 0, and one int `[batch, seq_len]` entry per interaction
             feature (same padding), keyed by its name; other keys are ignored.
         training: bool, whether dropout is active.
+        behavior_position_ids: optional int `[batch, seq_len]`, the positions
+            that the position behaviour embeds instead of the slots' own
+            (counted from the oldest real item); the input keeps its own
+            positions with `position_at_input`.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
@@ -139,8 +111,8 @@ class COMIFBackbone(SideFeatureBackbone):
         interaction_features=[{"name": "rating", "vocab_size": 7}],
     )
     backbone.set_item_feature_tables({"brand": brand_table})  # [1000, 1] ints
-    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})
-    model = NextItemModel(backbone)  # scores against backbone.item_table(), adds IAA and UPA
+    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})["sequence_output"]
+    model = NextItemModel(backbone, heads=[COMIFAlignmentHead()])  # scores against backbone.item_table()
     ```
 
     Reference:
@@ -170,14 +142,6 @@ class COMIFBackbone(SideFeatureBackbone):
         position_at_input: bool = False,
         prediction_fusion: bool = True,
         prediction_pooling: str = "same",
-        iaa_weight: float = 0.4,
-        iaa_scope: str = "batch",
-        iaa_multi_valued: str = "uniform",
-        upa_weight: float = 0.4,
-        upa_num_negatives: int = 4,
-        upa_negatives: str = "permute",
-        upa_stop_gradient: bool = False,
-        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -200,21 +164,12 @@ class COMIFBackbone(SideFeatureBackbone):
         check_choice("attention_fusion", attention_fusion, SCORE_FUSIONS)
         check_choice("attention_scale", attention_scale, SCORE_SCALES)
         check_choice("prediction_pooling", prediction_pooling, PREDICTION_POOLINGS)
-        check_choice("iaa_scope", iaa_scope, IAA_SCOPES)
-        check_choice("iaa_multi_valued", iaa_multi_valued, IAA_MULTI_VALUED)
-        check_choice("upa_negatives", upa_negatives, UPA_NEGATIVES)
         for name in (
             "input_layer_norm",
             "position_at_input",
             "prediction_fusion",
-            "upa_stop_gradient",
         ):
             _check_bool(name, locals()[name])
-        _check_weight("iaa_weight", iaa_weight)
-        _check_weight("upa_weight", upa_weight)
-        check_positive_int("upa_num_negatives", upa_num_negatives, allow_bool=False)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
         self.fusion = fusion
         self.gate_scorer = gate_scorer
         self.attention_fusion = attention_fusion
@@ -223,15 +178,6 @@ class COMIFBackbone(SideFeatureBackbone):
         self.position_at_input = position_at_input
         self.prediction_fusion = prediction_fusion
         self.prediction_pooling = prediction_pooling
-        self.iaa_weight = iaa_weight
-        self.iaa_scope = iaa_scope
-        self.iaa_multi_valued = iaa_multi_valued
-        self.upa_weight = upa_weight
-        self.upa_num_negatives = upa_num_negatives
-        self.upa_negatives = upa_negatives
-        self.upa_stop_gradient = upa_stop_gradient
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="upa_seed_generator")
 
     def build_side_embeddings(self) -> None:
         super().build_side_embeddings()
@@ -286,9 +232,14 @@ class COMIFBackbone(SideFeatureBackbone):
             )
         return x
 
-    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+    def call(
+        self, inputs: dict[str, Any], training: bool | None = None, behavior_position_ids: Any = None
+    ) -> dict[str, Any]:
         mask = padding_mask(inputs["item_ids"])
-        behaviors = [self.position_embedding(mask)]
+        if behavior_position_ids is None:
+            behaviors = [self.position_embedding(mask)]
+        else:
+            behaviors = [ops.take(self.position_embedding.embeddings, behavior_position_ids, axis=0)]
         for feature, embedding in zip(
             self.interaction_features, self.side_information_embedding.interaction_feature_embeddings
         ):
@@ -297,7 +248,7 @@ class COMIFBackbone(SideFeatureBackbone):
                     f"`inputs` lacks the interaction feature {feature['name']!r}. Received keys: {sorted(inputs)}"
                 )
             behaviors.append(embedding(inputs[feature["name"]]))
-        return self._encode(self._fused_item_embeddings(inputs, mask), behaviors, mask, training)
+        return {"sequence_output": self._encode(self._fused_item_embeddings(inputs, mask), behaviors, mask, training)}
 
     def _attribute_table(self, index: int) -> Any:
         """`A_j`: the pooled embedding of item feature `j` of every item, `[num_items, hidden_dim]`."""
@@ -324,139 +275,6 @@ class COMIFBackbone(SideFeatureBackbone):
         attributes = [self._attribute_table(index) for index in range(len(self.item_features))]
         return self.embedding_fusion([table] + attributes)
 
-    # ---------------------------------------------------------------------------------------------------------------
-    # Self-supervised objectives
-    # ---------------------------------------------------------------------------------------------------------------
-
-    def auxiliary_loss(self, inputs: dict[str, Any], labels: Any, hidden: Any) -> dict[str, Any]:
-        losses = {}
-        if self.item_features and self.iaa_weight > 0:
-            losses["iaa"] = self.iaa_weight * self.iaa_loss(inputs, labels)
-        if self.upa_weight > 0:
-            losses["upa"] = self.upa_weight * self.upa_loss(inputs, labels, hidden)
-        return losses
-
-    def _items_in_batch(self, inputs: dict[str, Any], labels: Any) -> Any:
-        """float32 `[num_items]`, 1 for the items of the batch's histories and targets."""
-        ids = ops.concatenate(
-            [ops.reshape(ops.cast(inputs["item_ids"], "int32"), (-1,)), ops.reshape(ops.cast(labels, "int32"), (-1,))]
-        )
-        ids = ops.where(ops.logical_and(ids >= 0, ids < self.num_items), ids, ops.zeros_like(ids))
-        counts = ops.scatter(ops.expand_dims(ids, 1), ops.ones_like(ids), (self.num_items,))
-        return ops.cast(counts > 0, "float32")
-
-    def iaa_loss(self, inputs: dict[str, Any], labels: Any) -> Any:
-        """Unweighted `L_IAA` (eq. 9), averaged over the item features; 0 without item features.
-
-        Args:
-            inputs: the batch's input dict (its item ids choose the items
-                with `iaa_scope="batch"`).
-            labels: the batch's next-item labels, any shape.
-
-        Returns:
-            A float32 scalar.
-        """
-        if not self.item_features:
-            return ops.zeros((), "float32")
-        if self.iaa_scope == "batch":
-            items = self._items_in_batch(inputs, labels)
-        else:
-            items = ops.ones((self.num_items,), "float32")
-        item_vectors = ops.cast(self.item_embedding.embeddings, "float32")
-        side = self.side_information_embedding
-        losses = []
-        for lookup, embedding in zip(side.item_feature_lookups, side.item_feature_embeddings):
-            attribute_vectors = ops.cast(embedding.embeddings, "float32")
-            logits = ops.matmul(item_vectors, ops.transpose(attribute_vectors))  # [num_items, vocab_size]
-            is_pad = ops.expand_dims(ops.arange(ops.shape(logits)[1]) == 0, 0)
-            log_probabilities = ops.log_softmax(ops.where(is_pad, EXCLUDED_LOGIT, logits), axis=-1)
-            ids = ops.cast(ops.convert_to_tensor(lookup.table), "int32")
-            picked = ops.take_along_axis(log_probabilities, ids, axis=1)  # [num_items, max_values]
-            valid = ops.cast(ops.not_equal(ids, 0), "float32")
-            count = ops.sum(valid, axis=1)
-            per_item = -ops.sum(picked * valid, axis=1)
-            if self.iaa_multi_valued == "uniform":
-                per_item = per_item / ops.maximum(count, 1.0)
-            weights = items * ops.cast(count > 0, "float32")
-            losses.append(ops.sum(weights * per_item) / ops.maximum(ops.sum(weights), 1.0))
-        return ops.mean(ops.stack(losses))
-
-    def random_behavior_ids(self, inputs: dict[str, Any], padding_mask: Any) -> list[Any]:
-        """Random behaviour sequences over the real slots, the negatives of UPA.
-
-        Args:
-            inputs: dict with the interaction features, int `[batch, seq_len]`.
-            padding_mask: bool `[batch, seq_len]`, `True` at real items.
-
-        Returns:
-            int32 `[batch, seq_len]` ids, 0 at padding: the position ids, then
-            one sequence per interaction feature. With `upa_negatives=
-            "permute"` each is an independent random permutation of the real
-            values over the real slots (positions: of `0..length - 1`); with
-            `"uniform"`, i.i.d. uniform ids.
-        """
-        shape = ops.shape(padding_mask)
-        if self.upa_negatives == "permute":
-            positions = ops.clip(ops.cumsum(ops.cast(padding_mask, "int32"), axis=1) - 1, 0, self.max_len - 1)
-            values = [positions] + [ops.cast(inputs[f["name"]], "int32") for f in self.interaction_features]
-            randomized = []
-            for value in values:
-                # Padding sorts first, so the (left-padded) real slots receive the real values in random order.
-                keys = ops.where(padding_mask, keras.random.uniform(shape, seed=self.seed_generator), -1.0)
-                randomized.append(ops.take_along_axis(value, ops.argsort(keys, axis=1), axis=1))
-        else:
-            # Positions in [0, max_len); feature ids among the real ones (the reserved ids are padding and OOV).
-            ranges = [(0, self.max_len)] + [
-                (min(NUM_RESERVED_IDS, f["vocab_size"] - 1), f["vocab_size"]) for f in self.interaction_features
-            ]
-            randomized = [
-                ops.where(
-                    padding_mask, keras.random.randint(shape, low, high, seed=self.seed_generator, dtype="int32"), 0
-                )
-                for low, high in ranges
-            ]
-        return randomized
-
-    def upa_loss(self, inputs: dict[str, Any], labels: Any, hidden: Any) -> Any:
-        """Unweighted `L_UPA` (eq. 10) over the slots that have a target.
-
-        Runs the encoder (in training mode) on `upa_num_negatives` copies of
-        the batch with random behaviour sequences.
-
-        Args:
-            inputs: the input dict `call` received.
-            labels: next-item labels, `[batch, seq_len]` (every slot) or
-                `[batch]` (the last slot); 0 = no target.
-            hidden: the hidden states `call` returned, `[batch, seq_len, d]`.
-
-        Returns:
-            A float32 scalar.
-        """
-        k = self.upa_num_negatives
-        tiled = {"item_ids": ops.tile(inputs["item_ids"], (k, 1))}
-        for feature in self.interaction_features:
-            tiled[feature["name"]] = ops.tile(inputs[feature["name"]], (k, 1))
-        mask = padding_mask(tiled["item_ids"])
-        random_ids = self.random_behavior_ids(tiled, mask)
-        behaviors = [ops.take(self.position_embedding.embeddings, random_ids[0], axis=0)]
-        embeddings = self.side_information_embedding.interaction_feature_embeddings
-        behaviors += [embedding(ids) for embedding, ids in zip(embeddings, random_ids[1:])]
-        negatives = self._encode(self._fused_item_embeddings(tiled, mask), behaviors, mask, training=True)
-        if self.upa_stop_gradient:
-            negatives = ops.stop_gradient(negatives)
-        batch_size, seq_len = ops.shape(hidden)[0], ops.shape(hidden)[1]
-        negatives = ops.reshape(negatives, (k, batch_size, seq_len, self.hidden_dim))
-        labels = ops.cast(labels, "int32")
-        if len(labels.shape) == 1:
-            hidden, negatives = hidden[:, -1], negatives[:, :, -1]
-        targets = ops.take(ops.cast(self.item_table(), "float32"), labels, axis=0)  # e_y
-        positive = ops.sum(targets * ops.cast(hidden, "float32"), axis=-1)
-        negative = ops.sum(targets[None] * ops.cast(negatives, "float32"), axis=-1)  # [k, ...]
-        logits = ops.concatenate([positive[None], negative], axis=0)
-        per_slot = ops.logsumexp(logits, axis=0) - positive
-        weights = ops.cast(ops.not_equal(labels, 0), "float32")
-        return ops.sum(weights * per_slot) / ops.maximum(ops.sum(weights), 1.0)
-
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -469,14 +287,6 @@ class COMIFBackbone(SideFeatureBackbone):
                 "position_at_input": self.position_at_input,
                 "prediction_fusion": self.prediction_fusion,
                 "prediction_pooling": self.prediction_pooling,
-                "iaa_weight": self.iaa_weight,
-                "iaa_scope": self.iaa_scope,
-                "iaa_multi_valued": self.iaa_multi_valued,
-                "upa_weight": self.upa_weight,
-                "upa_num_negatives": self.upa_num_negatives,
-                "upa_negatives": self.upa_negatives,
-                "upa_stop_gradient": self.upa_stop_gradient,
-                "seed": self.seed,
             }
         )
         return config

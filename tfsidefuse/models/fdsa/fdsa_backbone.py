@@ -77,7 +77,7 @@ class FDSABackbone(SideFeatureBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
@@ -88,7 +88,7 @@ class FDSABackbone(SideFeatureBackbone):
         interaction_features=[{"name": "rating", "vocab_size": 7}],
     )
     backbone.set_item_feature_tables({"categories": categories_table})  # [1000, 4] ints
-    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})
+    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})["sequence_output"]
     model = NextItemModel(backbone)
     ```
 
@@ -166,7 +166,7 @@ class FDSABackbone(SideFeatureBackbone):
         self.built = True
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
-        item_hidden = super().call(inputs, training=training)
+        item_hidden = super().call(inputs, training=training)["sequence_output"]
 
         mask = padding_mask(inputs["item_ids"])
         features = self.feature_fusion_layer(self.side_embedding_list(inputs))
@@ -179,7 +179,7 @@ class FDSABackbone(SideFeatureBackbone):
 
         output_layer_norm = self.embeddings_layer_norm if self.share_layer_norm else self.output_layer_norm
         fused = output_layer_norm(self.tower_fusion([item_hidden, x]))
-        return self.output_dropout(fused, training=training)
+        return {"sequence_output": self.output_dropout(fused, training=training)}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -79,7 +79,7 @@ class NOVABackbone(SideFeatureBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
@@ -91,7 +91,7 @@ class NOVABackbone(SideFeatureBackbone):
         fusion="gate",
     )
     backbone.set_item_feature_tables({"categories": categories_table})  # [1000, 4] ints
-    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})
+    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})["sequence_output"]
     model = NextItemModel(backbone)
     ```
 
@@ -209,7 +209,7 @@ class NOVABackbone(SideFeatureBackbone):
         allowed = self.compute_attention_mask(mask)
         for block in self.transformer_layers:
             x = block(x, attention_mask=allowed, side_information=side, training=training)
-        return x
+        return {"sequence_output": x}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -69,7 +69,7 @@ class NOVABERTBackbone(NOVABackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
@@ -80,7 +80,7 @@ class NOVABERTBackbone(NOVABackbone):
         fusion="gate",
     )
     backbone.set_item_feature_tables({"categories": categories_table})  # [1000, 4] ints
-    hidden = backbone({"item_ids": np.array([[0, 17, 5, 1000]])})  # slot 3 is [MASK]
+    hidden = backbone({"item_ids": np.array([[0, 17, 5, 1000]])})["sequence_output"]  # slot 3 is [MASK]
     model = MaskedItemModel(backbone, mask_prob=0.6)
     ```
 

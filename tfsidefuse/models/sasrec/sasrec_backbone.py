@@ -52,14 +52,14 @@ class SASRecBackbone(Backbone):
             last-position scoring.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]` (`[batch, 1,
-        hidden_dim]` with `last_position_only`).
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`
+        (`[batch, 1, hidden_dim]` with `last_position_only`).
 
     Example:
 
     ```python
     backbone = SASRecBackbone(num_items=1000, max_len=50, hidden_dim=64)
-    hidden = backbone({"item_ids": np.array([[0, 0, 17, 5, 42]])})  # [1, 5, 64]
+    hidden = backbone({"item_ids": np.array([[0, 0, 17, 5, 42]])})["sequence_output"]  # [1, 5, 64]
     model = NextItemModel(backbone)
     ```
 
@@ -221,7 +221,7 @@ class SASRecBackbone(Backbone):
         allowed = attention_mask(mask, causal=self.causal)
         for block, last_query_only in self.blocks_with_last_query(last_position_only):
             x = block(x, attention_mask=allowed, training=training, last_query_only=last_query_only)
-        return x
+        return {"sequence_output": x}
 
     def blocks_with_last_query(self, last_position_only: bool) -> list[tuple[Any, bool]]:
         """`(block, last_query_only)` in order: only the last block runs at the last slot alone, if asked."""

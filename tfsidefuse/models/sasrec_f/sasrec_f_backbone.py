@@ -66,7 +66,7 @@ class SASRecFBackbone(SideFeatureBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
@@ -77,7 +77,7 @@ class SASRecFBackbone(SideFeatureBackbone):
         interaction_features=[{"name": "rating", "vocab_size": 7}],
     )
     backbone.set_item_feature_tables({"categories": categories_table})  # [1000, 4] ints
-    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})
+    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "rating": np.array([[0, 6, 3]])})["sequence_output"]
     model = NextItemModel(backbone)
     ```
 

@@ -110,7 +110,7 @@ class SideFuseBackbone(SideFeatureBackbone):
         training: bool, whether dropout is active.
 
     Returns:
-        Hidden states `[batch, seq_len, hidden_dim]`.
+        `{"sequence_output": hidden states [batch, seq_len, hidden_dim]}`.
 
     Example:
 
@@ -123,7 +123,7 @@ class SideFuseBackbone(SideFeatureBackbone):
         entry_points={"brand": "attention_score", "action": "query_key", "position": "attention_score"},
     )  # category enters at the embedding (default_entry)
     backbone.set_item_feature_tables({"category": category_table, "brand": brand_table})
-    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "action": np.array([[0, 2, 3]])})
+    hidden = backbone({"item_ids": np.array([[0, 17, 5]]), "action": np.array([[0, 2, 3]])})["sequence_output"]
     model = NextItemModel(backbone)
     ```
 
@@ -356,12 +356,13 @@ class SideFuseBackbone(SideFeatureBackbone):
                 training=training,
             )
         if not late:
-            return x
+            return {"sequence_output": x}
         y = self.late_fusion([side[name] for name in late]) if len(late) > 1 else side[late[0]]
         y = self.late_dropout(self.late_layer_norm(y + position), training=training)
         for block in self.late_transformer_layers:
             y = block(y, attention_mask=causal_mask, training=training)
-        return self.output_dropout(self.output_layer_norm(self.output_fusion([x, y])), training=training)
+        fused = self.output_layer_norm(self.output_fusion([x, y]))
+        return {"sequence_output": self.output_dropout(fused, training=training)}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
