@@ -88,7 +88,7 @@ def test_every_signature_in_a_fresh_process_and_tf1_session_matches_the_model(zo
         reference_top_k(model, prepared, encoded),
         reference_top_k(model, prepared, example_inputs),
     ]
-    hidden = np.array(model.backbone(encoded, training=False))[:, -1, :]
+    hidden = np.array(model.backbone(encoded, training=False)["sequence_output"])[:, -1, :]
     hidden[~(encoded["item_ids"] != 0).any(axis=1)] = 0.0
     table = np.asarray(model.backbone.item_table())
     vocab = {t: i for i, t in enumerate(prepared.vocabulary(ITEM_ID))}
