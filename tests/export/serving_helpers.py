@@ -1,6 +1,9 @@
 """Tiny trained runs and their exports, and the in-Python reference of the serving signatures."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -10,6 +13,7 @@ from tfsidefuse.evaluation import item_popularity
 from tfsidefuse.export import export_model
 from tfsidefuse.training import trainer
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_LEN = 10
 K = 5
 #: Zoo models exported by the tests, with tiny hyper-parameters (one epoch of training).
@@ -148,3 +152,20 @@ def valid_requests(prepared: PreparedDataset, names: list[str], count: int = 12,
 def ensure_dir(path) -> str:
     os.makedirs(path, exist_ok=True)
     return str(path)
+
+
+def serve_isolated(export_dir: str, requests: list[dict], tmp_path) -> dict:
+    """Runs JSON requests (``{"signature", "inputs"}``) through an export in a fresh process that cannot import
+    tfsidefuse (``load_export_isolated.py``: TF2 and a TF1 session); its ``out.json``."""
+    with open(os.path.join(tmp_path, "requests.json"), "w") as fh:
+        json.dump(requests, fh)
+    proc = subprocess.run(
+        [sys.executable, "-I", os.path.join(HERE, "load_export_isolated.py"), export_dir, "requests.json", "out.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(tmp_path, "out.json")) as fh:
+        return json.load(fh)

@@ -9,14 +9,12 @@ categorical interaction feature) and SASRec_F on the demo log read as a CSV file
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from serving_helpers import MAX_LEN, K, encode_rows, valid_requests
+from serving_helpers import MAX_LEN, K, encode_rows, serve_isolated, valid_requests
 
 from tfsidefuse import InputEncoder
 from tfsidefuse.config import RunConfig
@@ -89,16 +87,7 @@ def serve_in_fresh_process(export_dir: str, requests: list[dict], tmp_path: Path
         return {"dtype": "float64" if numeric else "string", "value": rows}
 
     payload = [{"signature": "serving_default", "inputs": {k: typed(v) for k, v in r.items()}} for r in requests]
-    (tmp_path / "requests.json").write_text(json.dumps(payload))
-    proc = subprocess.run(
-        [sys.executable, "-I", str(HERE / "load_export_isolated.py"), export_dir, "requests.json", "out.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = serve_isolated(export_dir, payload, tmp_path)
     assert out["leaked"] == []
     return out
 

@@ -17,6 +17,7 @@ from serving_helpers import (
     feature_names,
     left_pad,
     reference_top_k,
+    serve_isolated,
     valid_requests,
 )
 
@@ -72,16 +73,7 @@ def test_every_signature_in_a_fresh_process_and_tf1_session_matches_the_model(zo
     ]
     # Serialized records are not valid UTF-8 in general: they travel as latin-1 text.
     requests[1]["inputs"]["examples"]["dtype"] = "bytes"
-    (tmp_path / "requests.json").write_text(json.dumps(requests))
-    proc = subprocess.run(
-        [sys.executable, "-I", str(HERE / "load_export_isolated.py"), export_dir, "requests.json", "out.json"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = serve_isolated(export_dir, requests, tmp_path)
     assert out["leaked"] == [] and sorted(SIGNATURES) == out["signatures"]
 
     expected = [
