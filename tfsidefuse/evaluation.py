@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfsidefuse.data.pipeline import ITEM_IDS, make_dataset, pad_batches, reading
+from tfsidefuse.data.pipeline import ITEM_IDS, fixed_batch_shapes, make_dataset, pad_batches, reading
 from tfsidefuse.data.prepared import PreparedDataset
 from tfsidefuse.metrics import RankingMetric, ranking_metrics
 
@@ -46,8 +46,6 @@ def evaluate_model(
         prepared = PreparedDataset.open(prepared)
     # Length buckets: a batch of short histories is not padded to the longest one of the split. JAX compiles one
     # program per shape: there the batches are padded to the bounds of a few geometric buckets.
-    import keras
-
     ds = make_dataset(
         prepared,
         split,
@@ -56,7 +54,7 @@ def evaluate_model(
         features=features,
         shuffle=False,
         bucket_boundaries="auto",
-        pad_to_max_len=keras.backend.backend() == "jax",
+        pad_to_max_len=fixed_batch_shapes(),
     )
     with reading(prepared):
         if item_block is not None:

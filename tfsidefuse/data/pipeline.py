@@ -445,6 +445,14 @@ def make_dataset(
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
+def fixed_batch_shapes(jit_compile: bool = False) -> bool:
+    """Whether batches should come in a few fixed shapes (``pad_to_max_len``): when every new shape is compiled
+    again, as under XLA (``jit_compile``) and always under JAX."""
+    import keras
+
+    return bool(jit_compile) or keras.backend.backend() == "jax"
+
+
 def data_parallel_layout() -> tuple[int, int, int]:
     """``(devices, processes, this process's index)`` of the active ``keras.distribution`` (JAX), else
     ``(1, 1, 0)``."""

@@ -56,7 +56,7 @@ def check_distribution(name: str | None, devices: list[str] | None = None) -> No
         )
     if devices is not None and name != "mirrored":
         raise ConfigError(f"training.devices applies to distribution 'mirrored', not {name!r}")
-    if name == "multi_worker" and not (backend == "jax" and _keras_cluster_variables()):
+    if name == "multi_worker" and not _keras_cluster_variables():
         cluster_spec(required=True)
     if name == "mirrored" and devices is not None and backend == "jax":
         known = keras.distribution.list_devices()
@@ -66,8 +66,9 @@ def check_distribution(name: str | None, devices: list[str] | None = None) -> No
 
 
 def _keras_cluster_variables() -> bool:
-    """Whether Keras' own multi-process variables (``KERAS_DISTRIBUTION_*``) describe the cluster (JAX)."""
-    return bool(os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"))
+    """Whether Keras' own multi-process variables (``KERAS_DISTRIBUTION_*``) describe the cluster: under JAX,
+    when they are set."""
+    return keras.backend.backend() == "jax" and bool(os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES"))
 
 
 def cluster_spec(required: bool = False) -> dict | None:
@@ -106,7 +107,7 @@ def is_chief(name: str) -> bool:
     """
     if name != "multi_worker":
         return True
-    if keras.backend.backend() == "jax" and _keras_cluster_variables():
+    if _keras_cluster_variables():
         return int(os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "0")) == 0
     spec = cluster_spec(required=True)
     task_type, index = spec["task"]["type"], int(spec["task"]["index"])
@@ -117,7 +118,7 @@ def is_chief(name: str) -> bool:
 
 def worker_dir(run_dir: str, name: str) -> str:
     """Where a non-chief worker keeps its own backup and logs: ``<run_dir>/.workers/<task>-<index>``."""
-    if keras.backend.backend() == "jax" and _keras_cluster_variables():
+    if _keras_cluster_variables():
         return os.path.join(run_dir, ".workers", f"process-{int(os.environ['KERAS_DISTRIBUTION_PROCESS_ID'])}")
     task = cluster_spec(required=True)["task"]
     return os.path.join(run_dir, ".workers", f"{task['type']}-{int(task['index'])}")

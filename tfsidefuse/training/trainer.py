@@ -20,7 +20,7 @@ import yaml
 from tfsidefuse.config import ConfigError, RunConfig
 from tfsidefuse.data import manifest as manifest_lib
 from tfsidefuse.data.ingest import encode
-from tfsidefuse.data.pipeline import count_examples, make_dataset, pad_batches, reading
+from tfsidefuse.data.pipeline import count_examples, fixed_batch_shapes, make_dataset, pad_batches, reading
 from tfsidefuse.data.prepared import SCHEMA_FILE, PreparedDataset, remove_stale_temp_dirs, write_prepared
 from tfsidefuse.errors import PreparedDataError, RunDirError
 from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular, item_popularity
@@ -247,8 +247,11 @@ def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
     mode = t.objective
     # XLA compiles one program per shape (JAX always, TensorFlow with jit_compile): batches are then padded to
     # their bucket bound, so that a few shapes are compiled.
-    fixed_shapes = t.jit_compile or keras.backend.backend() == "jax"
-    common = {"cache": t.cache, "bucket_boundaries": t.length_buckets, "pad_to_max_len": fixed_shapes}
+    common = {
+        "cache": t.cache,
+        "bucket_boundaries": t.length_buckets,
+        "pad_to_max_len": fixed_batch_shapes(t.jit_compile),
+    }
     train_ds = make_dataset(
         prepared, "train", mode=mode, batch_size=t.batch_size, seed=t.seed, shuffle_buffer=t.shuffle_buffer, **common
     )
