@@ -74,7 +74,7 @@ def np_fused_attention(layer, x, attributes, position, mask, basis):
     c_item = logits("", z if layer.mode == "fused" else x)
     if layer.decoupled_position:
         c_position = logits("position_", position)
-        scale = math.sqrt(dh) if layer.score_scaling == "head_dim" else math.sqrt(2 * dh)
+        scale = math.sqrt(dh) if layer.score_scale == "head_dim" else math.sqrt(2 * dh)
         h_x = attend((c_item + c_position) / scale, np_dense(layer.value_dense, x))
     else:
         h_x = attend(c_item / math.sqrt(dh), np_dense(layer.value_dense, x))
@@ -110,7 +110,7 @@ def _layer(**kwargs) -> FusedAttention:
 def _call(layer, x=X, category=CATEGORY, rating=RATING, position=POSITION, basis=None, **kwargs):
     kwargs.setdefault("attention_mask", MASK)
     if layer.decoupled_position:
-        kwargs["position_input"] = position
+        kwargs["position_inputs"] = position
     if layer.use_hie:
         kwargs["hie_basis"] = _basis() if basis is None else basis
     outputs, side_outputs = layer(
@@ -123,7 +123,7 @@ def test_layer_behaviors(tmp_path):
     run_layer_test(
         FusedAttention,
         {"hidden_dim": 8, "num_heads": 2, "num_attribute_inputs": 0, "use_hie": False},
-        {"query_input": X, "attention_mask": MASK, "position_input": POSITION},
+        {"query_input": X, "attention_mask": MASK, "position_inputs": POSITION},
         (2, 6, 8),
         tmp_path,
         # query, key, value, output, position query and key: kernel and bias each.
@@ -158,7 +158,7 @@ def test_weights_of_the_full_layer():
     [
         FULL,
         {**FULL, "fusion": "concat", "hie_activation": "tanh"},
-        {**FULL, "fusion": "gate", "score_scaling": "double_head_dim"},
+        {**FULL, "fusion": "gate", "score_scale": "double_head_dim"},
         {**FULL, "mode": "decoupled", "hie_activation": "relu"},
         {**FULL, "mode": "item_only", "hie_activation": "identity"},
         {"mode": "vanilla", "use_hie": False, "position_output": True},
@@ -213,7 +213,7 @@ def test_every_flag_changes_the_output():
         "item_only": {"mode": "item_only"},
         "vanilla": {"mode": "vanilla", "use_hie": False, "attribute_output": False},
         "no_hie": {"use_hie": False},
-        "double_head_dim": {"score_scaling": "double_head_dim"},
+        "double_head_dim": {"score_scale": "double_head_dim"},
         "relu": {"hie_activation": "relu"},
         "tanh": {"hie_activation": "tanh"},
         "identity": {"hie_activation": "identity"},
@@ -238,7 +238,7 @@ def test_gradients_reach_every_weight():
             inputs[0],
             attention_mask=MASK,
             attribute_inputs=inputs[1:3],
-            position_input=inputs[3],
+            position_inputs=inputs[3],
             hie_basis=_basis(),
             return_side_outputs=True,
             training=True,
@@ -264,7 +264,7 @@ def test_component_of_transformer_block():
     block.build((None, None, 8))
     randomize_weights(block.trainable_weights)
     assert all(w.path.startswith(block.name + "/") for w in block.weights)
-    kwargs = {"attribute_inputs": [CATEGORY, RATING], "position_input": POSITION, "hie_basis": _basis()}
+    kwargs = {"attribute_inputs": [CATEGORY, RATING], "position_inputs": POSITION, "hie_basis": _basis()}
     outputs = block(X, attention_mask=MASK, **kwargs)
     attended, side = np_fused_attention(attention, X, [CATEGORY, RATING], POSITION, MASK, _basis())
     hidden = np_layer_norm(block.attention_layer_norm, X + attended)
@@ -283,7 +283,7 @@ def test_component_of_transformer_block():
 def test_mixed_precision():
     layer = FusedAttention(8, 2, num_attribute_inputs=2, attribute_output=True, dtype="mixed_float16")
     outputs = layer(
-        X, attention_mask=MASK, attribute_inputs=[CATEGORY, RATING], position_input=POSITION, hie_basis=_basis()
+        X, attention_mask=MASK, attribute_inputs=[CATEGORY, RATING], position_inputs=POSITION, hie_basis=_basis()
     )
     assert keras.backend.standardize_dtype(outputs.dtype) == "float16"
     assert all(w.dtype == "float32" for w in layer.weights)
@@ -293,11 +293,11 @@ def test_mixed_precision():
 def test_missing_call_inputs_raise():
     layer = _layer(**FULL)
     with pytest.raises(ValueError, match="Expected 2 attribute input"):
-        layer(X, attribute_inputs=[CATEGORY], position_input=POSITION, hie_basis=_basis())
-    with pytest.raises(ValueError, match="position_input"):
+        layer(X, attribute_inputs=[CATEGORY], position_inputs=POSITION, hie_basis=_basis())
+    with pytest.raises(ValueError, match="position_inputs"):
         layer(X, attribute_inputs=[CATEGORY, RATING], hie_basis=_basis())
     with pytest.raises(ValueError, match="hie_basis"):
-        layer(X, attribute_inputs=[CATEGORY, RATING], position_input=POSITION)
+        layer(X, attribute_inputs=[CATEGORY, RATING], position_inputs=POSITION)
 
 
 @pytest.mark.parametrize(
@@ -308,7 +308,7 @@ def test_missing_call_inputs_raise():
         ({"mode": "mixed"}, "mode='mixed'"),
         ({"fusion": "mean"}, "fusion='mean'"),
         ({"gate_scorer": "deep"}, "gate_scorer='deep'"),
-        ({"score_scaling": "none"}, "score_scaling='none'"),
+        ({"score_scale": "none"}, "score_scale='none'"),
         ({"hie_activation": "gelu"}, "hie_activation='gelu'"),
         ({"use_hie": 1}, "use_hie=1"),
         ({"dropout": 1.0}, "dropout=1.0"),
@@ -322,10 +322,25 @@ def test_invalid_arguments(kwargs, bad):
         FusedAttention(**{"hidden_dim": 8, "num_heads": 2, **kwargs})
 
 
+def test_config_with_the_old_score_scaling_key_loads():
+    """Version 0.2.0 saved `score_scale` as `score_scaling`; such a config still builds the same layer."""
+    layer = FusedAttention(8, 2, num_attribute_inputs=2, score_scale="double_head_dim")
+    config = layer.get_config()
+    old_config = {("score_scaling" if key == "score_scale" else key): value for key, value in config.items()}
+    assert "score_scale" not in old_config and old_config["score_scaling"] == "double_head_dim"
+    restored = FusedAttention.from_config(old_config)
+    assert restored.score_scale == "double_head_dim"
+    assert restored.get_config() == config
+    # The same through Keras deserialization, as when a saved model is loaded.
+    serialized = keras.layers.serialize(layer)
+    serialized["config"] = old_config
+    assert keras.layers.deserialize(serialized).get_config() == config
+
+
 def test_returns_the_item_path_attention_probabilities():
     layer = _layer(**FULL)
     outputs, _ = _call(layer)
-    kwargs = {"attention_mask": MASK, "position_input": POSITION, "hie_basis": _basis()}
+    kwargs = {"attention_mask": MASK, "position_inputs": POSITION, "hie_basis": _basis()}
     with_scores, probabilities = layer(
         X, attribute_inputs=[CATEGORY, RATING][: layer.num_attribute_inputs], return_attention_scores=True, **kwargs
     )
@@ -342,7 +357,7 @@ def test_returns_the_item_path_attention_probabilities():
 def test_side_outputs_are_returned_after_the_probabilities():
     layer = _layer(**FULL)
     outputs, side = _call(layer)
-    kwargs = {"attention_mask": MASK, "position_input": POSITION, "hie_basis": _basis()}
+    kwargs = {"attention_mask": MASK, "position_inputs": POSITION, "hie_basis": _basis()}
     returned = layer(
         X,
         attribute_inputs=[CATEGORY, RATING],

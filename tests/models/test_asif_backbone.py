@@ -186,7 +186,7 @@ def test_registry_and_defaults():
         "untied_position": True,
         "update_attribute_stream": True,
         "side_stream_update": "residual_norm",
-        "score_scaling": "head_dim",
+        "score_scale": "head_dim",
         "tie_output_table": True,
     }
     assert {k: config[k] for k in defaults} == defaults
@@ -212,7 +212,7 @@ def test_registry_and_defaults():
         {
             "fused_attention": "item_only",
             "side_stream_update": "replace",
-            "score_scaling": "double_head_dim",
+            "score_scale": "double_head_dim",
             "hie_basis": "fixed",
             "hie_rank": 3,
         },
@@ -372,7 +372,7 @@ OUTPUT_FLAGS = [
     {"side_stream_update": "replace"},
     {"fusion": "concat"},
     {"fusion": "gate"},
-    {"score_scaling": "double_head_dim"},
+    {"score_scale": "double_head_dim"},
     {"pooling": "sum"},
     {"num_heads": 1},
 ]
@@ -434,6 +434,21 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path, kwargs):
     assert_item_feature_tables(restored.backbone, _tables())
 
 
+def test_config_with_the_old_score_scaling_key_loads():
+    """Version 0.2.0 saved `score_scale` as `score_scaling`; such a config still builds the same backbone."""
+    backbone = _backbone(score_scale="double_head_dim")
+    config = backbone.get_config()
+    old_config = {("score_scaling" if key == "score_scale" else key): value for key, value in config.items()}
+    assert "score_scale" not in old_config and old_config["score_scaling"] == "double_head_dim"
+    restored = ASIFBackbone.from_config(old_config)
+    assert restored.score_scale == "double_head_dim"
+    assert restored.get_config() == config
+    # The same through Keras deserialization, as when a saved model is loaded.
+    serialized = keras.saving.serialize_keras_object(backbone)
+    serialized["config"] = old_config
+    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+
+
 def test_fit_with_an_interaction_feature():
     keras.utils.set_random_seed(0)
     backbone = _backbone(dropout=0.1, attention_dropout=0.1)
@@ -463,7 +478,7 @@ def test_missing_interaction_feature_is_named():
         ({"hie_basis": "svd"}, "hie_basis='svd'"),
         ({"hie_activation": "gelu"}, "hie_activation='gelu'"),
         ({"side_stream_update": "gate"}, "side_stream_update='gate'"),
-        ({"score_scaling": "none"}, "score_scaling='none'"),
+        ({"score_scale": "none"}, "score_scale='none'"),
         ({"tie_output_table": None}, "tie_output_table=None"),
         ({"item_features": [], "interaction_features": [], "fused_attention": "decoupled"}, "at least one"),
     ],

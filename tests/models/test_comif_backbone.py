@@ -457,7 +457,7 @@ def test_each_flag_changes_the_output_or_a_loss():
             {"pooling": "max"},
             {"attention_fusion": "sum"},
             {"attention_fusion": "gate"},
-            {"attention_scale": "hidden_dim"},
+            {"score_scale": "hidden_dim"},
             {"input_layer_norm": False},
             {"position_at_input": True},
         ],
@@ -517,6 +517,23 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path):
     np.testing.assert_allclose(np.asarray(restored.backbone.item_table()), np.asarray(backbone.item_table()), atol=1e-6)
 
 
+def test_config_with_the_old_attention_scale_key_loads():
+    """Version 0.2.0 saved `score_scale` as `attention_scale`; such a config still builds the same backbone."""
+    backbone = _backbone(score_scale="hidden_dim")
+    config = backbone.get_config()
+    old_config = {("attention_scale" if key == "score_scale" else key): value for key, value in config.items()}
+    assert "score_scale" not in old_config and old_config["attention_scale"] == "hidden_dim"
+    restored = COMIFBackbone.from_config(old_config)
+    assert restored.score_scale == "hidden_dim"
+    assert restored.get_config() == config
+    # The same through Keras deserialization, as when a saved model is loaded.
+    serialized = keras.saving.serialize_keras_object(backbone)
+    serialized["config"] = old_config
+    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+    # The attention layers get the scale.
+    assert restored.block_attention(0).score_scale == "hidden_dim"
+
+
 def test_fit_with_an_interaction_feature():
     keras.utils.set_random_seed(0)
     backbone = _backbone(dropout=0.1, attention_dropout=0.1, num_layers=1)
@@ -548,7 +565,7 @@ def test_set_item_feature_tables_validates():
         ({"gate_scorer": "deep"}, "gate_scorer='deep'"),
         ({"pooling": "median"}, "pooling='median'"),
         ({"attention_fusion": "mlp"}, "attention_fusion='mlp'"),
-        ({"attention_scale": "d"}, "attention_scale='d'"),
+        ({"score_scale": "d"}, "score_scale='d'"),
         ({"input_layer_norm": "yes"}, "input_layer_norm='yes'"),
         ({"position_at_input": 1}, "position_at_input=1"),
         ({"prediction_fusion": None}, "prediction_fusion=None"),

@@ -10,8 +10,8 @@ import keras
 from keras import ops
 
 from tfsidefuse.layers._checks import check_choice, check_heads, check_positive_int, check_rate, get_initializer
+from tfsidefuse.layers.attention_core import attend, disallowed_mask, dot_product_logits, split_heads
 from tfsidefuse.layers.embedding_fusion import EmbeddingFusion
-from tfsidefuse.layers.self_attention import MASK_VALUE
 
 SCORE_FUSIONS = ("sum", "concat", "gate")
 # What the fused scores are divided by the square root of: the item head width (DIF-SR) or the model width.
@@ -239,8 +239,10 @@ class DecoupledAttention(keras.layers.Layer):
     def _scores(self, query_dense: Any, key_dense: Any, x: Any, head_width: int, last_query_only: bool = False) -> Any:
         """Unscaled `Q K^T` of one source, `[batch, heads, queries, seq_len]` (one query with `last_query_only`)."""
         queries = x[:, -1:, :] if last_query_only else x
-        query, key = self._split_heads(query_dense(queries), head_width), self._split_heads(key_dense(x), head_width)
-        return ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+        query = split_heads(query_dense(queries), self.num_heads, head_width)
+        key = split_heads(key_dense(x), self.num_heads, head_width)
+        # In the compute dtype: the sources are fused before the cast to float32.
+        return dot_product_logits(query, key, dtype=None)
 
     def _table_scores(self, table: Any, ids: Any, last_query_only: bool = False) -> Any:
         """`S_pos` from the position table and each slot's row: `[batch, heads, queries, seq_len]`."""
@@ -258,11 +260,6 @@ class DecoupledAttention(keras.layers.Layer):
         pairs = ops.expand_dims(query_ids, axis=2) * num_positions + ops.expand_dims(ids, axis=1)  # [batch, q, seq_len]
         gathered = ops.take(ops.reshape(scores, (self.num_heads, -1)), pairs, axis=1)  # [heads, batch, q, seq_len]
         return ops.transpose(gathered, (1, 0, 2, 3))
-
-    def _split_heads(self, x: Any, head_width: int) -> Any:
-        batch_size, length = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (batch_size, length, self.num_heads, head_width))
-        return ops.transpose(x, (0, 2, 1, 3))
 
     def _fuse_rows(self, sources: list[Any], allowed: Any, key_valid: Any) -> Any:
         """Concat or gate fusion over position-indexed key rows, mapped back to key slots.
@@ -325,7 +322,6 @@ class DecoupledAttention(keras.layers.Layer):
         key_valid = ops.any(allowed, axis=1)  # [batch, seq_len]: keys some query may attend
         if last_query_only:
             allowed = allowed[:, -1:, :]
-            length = 1
 
         # Official source order: attributes, item, position.
         sources = [
@@ -353,13 +349,10 @@ class DecoupledAttention(keras.layers.Layer):
         # Softmax in float32: float16 exponentials of large scores overflow.
         scale = self.head_dim if self.score_scale == "head_dim" else self.hidden_dim
         scores = ops.cast(scores, "float32") / math.sqrt(scale)
-        disallowed = ops.logical_not(ops.expand_dims(allowed, axis=1))
-        scores = scores + ops.cast(disallowed, "float32") * MASK_VALUE
-        probabilities = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-
-        value = self._split_heads(self.value_dense(inputs), self.head_dim)
-        context = ops.matmul(self.probabilities_dropout(probabilities, training=training), value)
-        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (batch_size, length, self.hidden_dim))
+        value = split_heads(self.value_dense(inputs), self.num_heads, self.head_dim)
+        context, probabilities = attend(
+            scores, disallowed_mask(allowed), value, self.probabilities_dropout, training, self.compute_dtype
+        )
         outputs = self.attention_output_dense(context)
         if return_attention_scores:
             return outputs, probabilities

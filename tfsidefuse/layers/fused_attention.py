@@ -17,15 +17,15 @@ from tfsidefuse.layers._checks import (
     get_initializer,
     is_positive_int,
 )
+from tfsidefuse.layers.attention_core import attend, disallowed_mask, dot_product_logits, split_heads
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS, EmbeddingFusion
-from tfsidefuse.layers.self_attention import MASK_VALUE
 
 #: Which logits the item stream attends with (docs/models.md#asif-readings, A2): ASIF's fused logits, or one of the
 #: three readings of the "w/o FA" ablation.
 ATTENTION_MODES = ("fused", "decoupled", "item_only", "vanilla")
 #: Divisor of the summed item + position logits (docs/models.md#asif-readings, A13): `sqrt(d_h)` (poster) or
 #: `sqrt(2 d_h)` (TUPE).
-SCORE_SCALINGS = ("head_dim", "double_head_dim")
+SCORE_SCALES = ("head_dim", "double_head_dim")
 #: The gate `phi` of homogeneous information extraction (docs/models.md#asif-readings, A6).
 HIE_ACTIVATIONS = ("sigmoid", "relu", "tanh", "identity")
 
@@ -89,7 +89,7 @@ class FusedAttention(keras.layers.Layer):
         decoupled_position: whether the position stream enters as its own
             logits `C_P` (ASIF); with `False` there is no position input (add
             positions to `X` before the layer) and no position path.
-        score_scaling: `"head_dim"` divides `C_XA + C_P` by `sqrt(d_h)`
+        score_scale: `"head_dim"` divides `C_XA + C_P` by `sqrt(d_h)`
             (poster), `"double_head_dim"` by `sqrt(2 d_h)` (TUPE).
         use_hie: apply HIE; the basis `Q` is then a required call argument.
         hie_activation: `phi`, `"sigmoid"`, `"relu"`, `"tanh"` or
@@ -110,7 +110,7 @@ class FusedAttention(keras.layers.Layer):
             where query `i` may attend key `j`; `None` allows everything.
         attribute_inputs: list of `num_attribute_inputs` attribute streams
             `[batch, seq_len, hidden_dim]`, in a fixed order.
-        position_input: the position stream `P`, `[batch, seq_len,
+        position_inputs: the position stream `P`, `[batch, seq_len,
             hidden_dim]`; required iff `decoupled_position`.
         hie_basis: `Q`, `[hidden_dim, r]` with orthonormal columns (see
             `OrthogonalBasis`); required iff `use_hie`.
@@ -134,7 +134,7 @@ class FusedAttention(keras.layers.Layer):
     block = TransformerBlock(8, 2, 32, attention=attention)
     x, category, position = np.random.normal(size=(3, 1, 5, 8))
     q = OrthogonalBasis(8, 2).basis()
-    y = block(x, attribute_inputs=[category], position_input=position, hie_basis=q)
+    y = block(x, attribute_inputs=[category], position_inputs=position, hie_basis=q)
     ```
 
     Reference:
@@ -153,7 +153,7 @@ class FusedAttention(keras.layers.Layer):
         fusion: str = "add",
         gate_scorer: str = "linear",
         decoupled_position: bool = True,
-        score_scaling: str = "head_dim",
+        score_scale: str = "head_dim",
         use_hie: bool = True,
         hie_activation: str = "sigmoid",
         attribute_output: bool = False,
@@ -173,7 +173,7 @@ class FusedAttention(keras.layers.Layer):
         check_choice("mode", mode, ATTENTION_MODES)
         check_choice("fusion", fusion, FUSION_MODES)
         check_choice("gate_scorer", gate_scorer, GATE_SCORERS)
-        check_choice("score_scaling", score_scaling, SCORE_SCALINGS)
+        check_choice("score_scale", score_scale, SCORE_SCALES)
         check_choice("hie_activation", hie_activation, HIE_ACTIVATIONS)
         for name, value in (
             ("decoupled_position", decoupled_position),
@@ -200,7 +200,7 @@ class FusedAttention(keras.layers.Layer):
         self.fusion = fusion
         self.gate_scorer = gate_scorer
         self.decoupled_position = decoupled_position
-        self.score_scaling = score_scaling
+        self.score_scale = score_scale
         self.use_hie = use_hie
         self.hie_activation = hie_activation
         self.attribute_output = attribute_output
@@ -279,27 +279,16 @@ class FusedAttention(keras.layers.Layer):
         )
         self.built = True
 
-    def _split_heads(self, x: Any) -> Any:
-        batch_size, length = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (batch_size, length, self.num_heads, self.head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))
-
     def _logits(self, query_dense: keras.layers.Dense, key_dense: keras.layers.Dense, source: Any) -> Any:
         """Unscaled per-head logits `(S W_q)(S W_k)^T`, float32 `[batch, heads, seq_len, seq_len]`."""
-        query = self._split_heads(query_dense(source))
-        key = self._split_heads(key_dense(source))
-        return ops.cast(ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))), "float32")
+        query = split_heads(query_dense(source), self.num_heads, self.head_dim)
+        key = split_heads(key_dense(source), self.num_heads, self.head_dim)
+        return dot_product_logits(query, key)
 
     def _attend(self, logits: Any, disallowed: Any, value: Any, training: bool | None) -> tuple[Any, Any]:
         """`merge(Dropout(P) split(value))` with `P = softmax(logits + M)`: `([batch, seq_len, hidden_dim], P)`."""
-        if disallowed is not None:
-            logits = logits + disallowed * MASK_VALUE
-        # Softmax in float32: float16 exponentials of large logits overflow.
-        probabilities = ops.cast(ops.softmax(logits, axis=-1), self.compute_dtype)
-        dropped = self.probabilities_dropout(probabilities, training=training)
-        context = ops.transpose(ops.matmul(dropped, self._split_heads(value)), (0, 2, 1, 3))
-        batch_size, length = ops.shape(context)[0], ops.shape(context)[1]
-        return ops.reshape(context, (batch_size, length, self.hidden_dim)), probabilities
+        value = split_heads(value, self.num_heads, self.head_dim)
+        return attend(logits, disallowed, value, self.probabilities_dropout, training, self.compute_dtype)
 
     def _phi(self, x: Any) -> Any:
         if self.hie_activation == "sigmoid":
@@ -315,7 +304,7 @@ class FusedAttention(keras.layers.Layer):
         query_input: Any,
         attention_mask: Any = None,
         attribute_inputs: Sequence[Any] | None = None,
-        position_input: Any = None,
+        position_inputs: Any = None,
         hie_basis: Any = None,
         return_attention_scores: bool = False,
         return_side_outputs: bool = False,
@@ -327,15 +316,12 @@ class FusedAttention(keras.layers.Layer):
                 f"Expected {self.num_attribute_inputs} attribute input(s) (`num_attribute_inputs`). "
                 f"Received: {len(attributes)}"
             )
-        if self.decoupled_position and position_input is None:
-            raise ValueError("`position_input` is required when `decoupled_position=True`")
+        if self.decoupled_position and position_inputs is None:
+            raise ValueError("`position_inputs` is required when `decoupled_position=True`")
         if self.use_hie and hie_basis is None:
             raise ValueError("`hie_basis` is required when `use_hie=True`")
         x = query_input
-        disallowed = None
-        if attention_mask is not None:
-            allowed = ops.cast(ops.expand_dims(attention_mask, axis=1), "bool")
-            disallowed = ops.cast(ops.logical_not(allowed), "float32")
+        disallowed = disallowed_mask(attention_mask)
         head_scale = math.sqrt(self.head_dim)
 
         fused = None
@@ -345,8 +331,8 @@ class FusedAttention(keras.layers.Layer):
             fused = self._fuse(attributes)
         item_logits = self._logits(self.query_dense, self.key_dense, fused if self.mode == "fused" else x)
         if self.decoupled_position:
-            position_logits = self._logits(self.position_query_dense, self.position_key_dense, position_input)
-            sum_scale = head_scale if self.score_scaling == "head_dim" else math.sqrt(2.0 * self.head_dim)
+            position_logits = self._logits(self.position_query_dense, self.position_key_dense, position_inputs)
+            sum_scale = head_scale if self.score_scale == "head_dim" else math.sqrt(2.0 * self.head_dim)
             item_scores = (item_logits + position_logits) / sum_scale
         else:
             item_scores = item_logits / head_scale
@@ -371,7 +357,7 @@ class FusedAttention(keras.layers.Layer):
                 side_outputs["attribute_input"] = fused
         if self.position_output:
             position_hidden, _ = self._attend(
-                position_logits / head_scale, disallowed, self.position_value_dense(position_input), training
+                position_logits / head_scale, disallowed, self.position_value_dense(position_inputs), training
             )
             side_outputs["position"] = self.position_output_dense(position_hidden)
         outputs = self.attention_output_dense(hidden)
@@ -395,7 +381,7 @@ class FusedAttention(keras.layers.Layer):
                 "fusion": self.fusion,
                 "gate_scorer": self.gate_scorer,
                 "decoupled_position": self.decoupled_position,
-                "score_scaling": self.score_scaling,
+                "score_scale": self.score_scale,
                 "use_hie": self.use_hie,
                 "hie_activation": self.hie_activation,
                 "attribute_output": self.attribute_output,
@@ -406,3 +392,11 @@ class FusedAttention(keras.layers.Layer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FusedAttention:
+        # Version 0.2.0 saved `score_scale` under the name `score_scaling`.
+        config = dict(config)
+        if "score_scaling" in config:
+            config.setdefault("score_scale", config.pop("score_scaling"))
+        return super().from_config(config)

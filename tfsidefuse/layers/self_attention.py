@@ -6,13 +6,12 @@ import math
 from typing import Any
 
 import keras
-from keras import ops
 
 from tfsidefuse.layers._checks import check_positive_int, check_rate, get_initializer
+from tfsidefuse.layers.attention_core import MASK_VALUE, attend, disallowed_mask, dot_product_logits, split_heads
 
-# RecBole's additive mask constant: small enough to zero a softmax entry in
-# float32, large enough to stay finite in float16.
-MASK_VALUE = -10000.0
+# `MASK_VALUE` lives in `attention_core`; it stays importable from here.
+__all__ = ["MASK_VALUE", "SelfAttention"]
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
@@ -122,11 +121,6 @@ class SelfAttention(keras.layers.Layer):
         )
         self.built = True
 
-    def _split_heads(self, x: Any) -> Any:
-        batch_size, length = ops.shape(x)[0], ops.shape(x)[1]
-        x = ops.reshape(x, (batch_size, length, self.num_heads, self.head_dim))
-        return ops.transpose(x, (0, 2, 1, 3))
-
     def call(
         self,
         query_input: Any,
@@ -138,22 +132,20 @@ class SelfAttention(keras.layers.Layer):
     ) -> Any:
         key_input = query_input if key_input is None else key_input
         value_input = key_input if value_input is None else value_input
-        query = self._split_heads(self.query_dense(query_input))
-        key = self._split_heads(self.key_dense(key_input))
-        value = self._split_heads(self.value_dense(value_input))
+        query = split_heads(self.query_dense(query_input), self.num_heads, self.head_dim)
+        key = split_heads(self.key_dense(key_input), self.num_heads, self.head_dim)
+        value = split_heads(self.value_dense(value_input), self.num_heads, self.head_dim)
 
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2))) / ops.cast(math.sqrt(self.head_dim), query.dtype)
-        # Softmax in float32: float16 exponentials of large scores overflow.
-        scores = ops.cast(scores, "float32")
-        if attention_mask is not None:
-            disallowed = ops.logical_not(ops.cast(ops.expand_dims(attention_mask, axis=1), "bool"))
-            scores = scores + ops.cast(disallowed, "float32") * MASK_VALUE
-        probabilities = ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
-
-        context = ops.matmul(self.probabilities_dropout(probabilities, training=training), value)
-        context = ops.transpose(context, (0, 2, 1, 3))
-        batch_size, length = ops.shape(context)[0], ops.shape(context)[1]
-        context = ops.reshape(context, (batch_size, length, self.hidden_dim))
+        # Scaled in the compute dtype, then cast to float32 for the softmax.
+        scores = dot_product_logits(query, key, scale=math.sqrt(self.head_dim))
+        context, probabilities = attend(
+            scores,
+            disallowed_mask(attention_mask),
+            value,
+            self.probabilities_dropout,
+            training,
+            self.compute_dtype,
+        )
         outputs = self.output_dense(context)
         if return_attention_scores:
             return outputs, probabilities

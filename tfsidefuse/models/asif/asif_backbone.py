@@ -9,7 +9,7 @@ import keras
 
 from tfsidefuse.layers._checks import check_choice, check_positive_int
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
-from tfsidefuse.layers.fused_attention import ATTENTION_MODES, HIE_ACTIVATIONS, SCORE_SCALINGS, FusedAttention
+from tfsidefuse.layers.fused_attention import ATTENTION_MODES, HIE_ACTIVATIONS, SCORE_SCALES, FusedAttention
 from tfsidefuse.layers.masks import attention_mask, padding_mask
 from tfsidefuse.layers.orthogonal_basis import BASIS_MODES, OrthogonalBasis
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
@@ -63,7 +63,7 @@ class ASIFBackbone(SideFeatureBackbone):
     on merged heads); A11 `side_stream_update` (`"residual_norm"`,
     `"residual"`: `A^{l+1} = Z + Dropout(h_A W^O_A)`, `"replace"`:
     `A^{l+1} = h_A W^O_A`, the literal eqs. 4-5); A12 `fusion`; A13
-    `score_scaling`. A1 (names) and A14 (a dataset statistic) need no flag.
+    `score_scale`. A1 (names) and A14 (a dataset statistic) need no flag.
 
     Interaction features (not in the poster, whose side information is
     item attributes) join the attribute streams of the fused logits but not
@@ -102,7 +102,7 @@ class ASIFBackbone(SideFeatureBackbone):
             the input).
         update_attribute_stream: propagate the attribute stream.
         side_stream_update: `"residual_norm"`, `"residual"` or `"replace"`.
-        score_scaling: `"head_dim"` (`sqrt(d_h)`) or `"double_head_dim"`
+        score_scale: `"head_dim"` (`sqrt(d_h)`) or `"double_head_dim"`
             (`sqrt(2 d_h)`) for `C_XA + C_P`.
         tie_output_table: score against `E_id` (`False`: a separate output
             table).
@@ -166,7 +166,7 @@ class ASIFBackbone(SideFeatureBackbone):
         untied_position: bool = True,
         update_attribute_stream: bool = True,
         side_stream_update: str = "residual_norm",
-        score_scaling: str = "head_dim",
+        score_scale: str = "head_dim",
         tie_output_table: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -191,7 +191,7 @@ class ASIFBackbone(SideFeatureBackbone):
         check_choice("hie_basis", hie_basis, BASIS_MODES)
         check_choice("hie_activation", hie_activation, HIE_ACTIVATIONS)
         check_choice("side_stream_update", side_stream_update, SIDE_STREAM_UPDATES)
-        check_choice("score_scaling", score_scaling, SCORE_SCALINGS)
+        check_choice("score_scale", score_scale, SCORE_SCALES)
         flags = {
             "use_hie": use_hie,
             "update_position_stream": update_position_stream,
@@ -224,7 +224,7 @@ class ASIFBackbone(SideFeatureBackbone):
         self.untied_position = untied_position
         self.update_attribute_stream = update_attribute_stream
         self.side_stream_update = side_stream_update
-        self.score_scaling = score_scaling
+        self.score_scale = score_scale
         self.tie_output_table = tie_output_table
 
     @property
@@ -269,7 +269,7 @@ class ASIFBackbone(SideFeatureBackbone):
             fusion=self.fusion,
             gate_scorer=self.gate_scorer,
             decoupled_position=self.untied_position,
-            score_scaling=self.score_scaling,
+            score_scale=self.score_scale,
             use_hie=self._applies_hie,
             hie_activation=self.hie_activation,
             attribute_output=self._updates_attributes and has_next,
@@ -346,7 +346,7 @@ class ASIFBackbone(SideFeatureBackbone):
                 attribute_streams.append(sum(attributes[1:], attributes[0]))
             kwargs = {"attribute_inputs": attributes}
             if self.untied_position:
-                kwargs["position_input"] = position
+                kwargs["position_inputs"] = position
             if self._applies_hie:
                 kwargs["hie_basis"] = self.hie_bases[0 if self.share_hie_basis else i].basis()
             x, side_outputs = block(
@@ -387,8 +387,16 @@ class ASIFBackbone(SideFeatureBackbone):
                 "untied_position": self.untied_position,
                 "update_attribute_stream": self.update_attribute_stream,
                 "side_stream_update": self.side_stream_update,
-                "score_scaling": self.score_scaling,
+                "score_scale": self.score_scale,
                 "tie_output_table": self.tie_output_table,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ASIFBackbone:
+        # Version 0.2.0 saved `score_scale` under the name `score_scaling`.
+        config = dict(config)
+        if "score_scaling" in config:
+            config.setdefault("score_scale", config.pop("score_scaling"))
+        return super().from_config(config)

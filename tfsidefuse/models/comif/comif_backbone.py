@@ -75,7 +75,7 @@ class COMIFBackbone(SideFeatureBackbone):
         attention_fusion: `F_attn`, `"concat"` (the paper's choice, read as
             DIF-SR's concat of position-indexed key rows, shared by the
             heads), `"sum"` or `"gate"` (see `DecoupledAttention`).
-        attention_scale: the fused scores are divided by `sqrt(d_h)`
+        score_scale: the fused scores are divided by `sqrt(d_h)`
             (`"head_dim"`, as DIF-SR's decoupled attention and multi-head
             attention in general) or by `sqrt(d)` (`"hidden_dim"`, eq. 6 as
             printed).
@@ -137,7 +137,7 @@ class COMIFBackbone(SideFeatureBackbone):
         gate_scorer: str = "linear",
         pooling: str = "sum",
         attention_fusion: str = "concat",
-        attention_scale: str = "head_dim",
+        score_scale: str = "head_dim",
         input_layer_norm: bool = True,
         position_at_input: bool = False,
         prediction_fusion: bool = True,
@@ -162,7 +162,7 @@ class COMIFBackbone(SideFeatureBackbone):
         check_choice("fusion", fusion, FUSION_MODES)
         check_choice("gate_scorer", gate_scorer, GATE_SCORERS)
         check_choice("attention_fusion", attention_fusion, SCORE_FUSIONS)
-        check_choice("attention_scale", attention_scale, SCORE_SCALES)
+        check_choice("score_scale", score_scale, SCORE_SCALES)
         check_choice("prediction_pooling", prediction_pooling, PREDICTION_POOLINGS)
         for name in (
             "input_layer_norm",
@@ -173,7 +173,7 @@ class COMIFBackbone(SideFeatureBackbone):
         self.fusion = fusion
         self.gate_scorer = gate_scorer
         self.attention_fusion = attention_fusion
-        self.attention_scale = attention_scale
+        self.score_scale = score_scale
         self.input_layer_norm = input_layer_norm
         self.position_at_input = position_at_input
         self.prediction_fusion = prediction_fusion
@@ -198,7 +198,7 @@ class COMIFBackbone(SideFeatureBackbone):
             fusion=self.attention_fusion,
             max_len=self.max_len,
             dropout=self.attention_dropout,
-            score_scale=self.attention_scale,
+            score_scale=self.score_scale,
             dtype=self.dtype_policy,
             name="decoupled_attention",
         )
@@ -282,7 +282,7 @@ class COMIFBackbone(SideFeatureBackbone):
                 "fusion": self.fusion,
                 "gate_scorer": self.gate_scorer,
                 "attention_fusion": self.attention_fusion,
-                "attention_scale": self.attention_scale,
+                "score_scale": self.score_scale,
                 "input_layer_norm": self.input_layer_norm,
                 "position_at_input": self.position_at_input,
                 "prediction_fusion": self.prediction_fusion,
@@ -290,3 +290,11 @@ class COMIFBackbone(SideFeatureBackbone):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> COMIFBackbone:
+        # Version 0.2.0 saved `score_scale` under the name `attention_scale`.
+        config = dict(config)
+        if "attention_scale" in config:
+            config.setdefault("score_scale", config.pop("attention_scale"))
+        return super().from_config(config)
