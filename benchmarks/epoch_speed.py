@@ -61,11 +61,10 @@ def main(argv=None) -> int:
     config = load_config(args.config, overrides)
     t = config.training
     prepared = prepare(config)
-    mode = "prefix" if t.objective == "prefix" else "all_positions"
     train_ds, valid_ds = training_datasets(config, prepared)
-    examples = count_examples(prepared, "train", mode)
+    examples = count_examples(prepared, "train", t.objective)
     if examples is None:  # prepared before length statistics were recorded
-        examples = prepared.stats["train_targets" if mode == "prefix" else "train_sequences"]
+        examples = prepared.stats["train_targets" if t.objective == "prefix" else "train_sequences"]
     # Next-item targets an epoch trains on: one per prefix, or every real position of every sequence.
     targets = count_examples(prepared, "train", "prefix") or prepared.stats["train_targets"]
     model = create_model(config, prepared)
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     per_epoch = sum(steady) / len(steady) if steady else float("nan")
     throughput = examples / per_epoch
     print(
-        f"{config.model.name} on {prepared.schema.name}: objective {mode}, batch {t.batch_size}, "
+        f"{config.model.name} on {prepared.schema.name}: objective {t.objective}, batch {t.batch_size}, "
         f"length buckets {t.length_buckets}, XLA {t.jit_compile}, mixed precision {t.mixed_precision}, "
         f"{examples} training sequences per epoch, {model.count_params():,} parameters"
     )

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     devices = jax.devices()
     print(f"devices: {', '.join(str(d) for d in devices)} ({devices[0].device_kind})", flush=True)
     print(
-        f"{model_config.name} on {data.schema.name}: {data.schema.num_items} items, train mode {data.train_mode}, "
+        f"{model_config.name} on {data.schema.name}: {data.schema.num_items} items, objective {data.objective}, "
         f"{len(data.splits['train'][1])} training examples, batch {t.batch_size}, {epochs} epochs",
         flush=True,
     )
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         dict(model_config.params),
         schema=data.schema,
         item_feature_tables=data.item_feature_tables,
-        train_on="last_position" if data.train_mode == "prefix" else "all_positions",
+        objective=data.objective,
         exclude_history=t.exclude_history,
     )
     model({k: v[:1] for k, v in data.splits["train"][0].items()})

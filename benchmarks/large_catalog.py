@@ -235,7 +235,7 @@ def child_eval(args) -> dict:
     prepared = PreparedDataset.open(config.dataset.prepared_dir)
     model = keras.models.load_model(os.path.join(config.training.run_dir, "model.keras"))
     users = min(args.eval_users, prepared.stats["test_examples"])
-    ds = make_dataset(prepared, "test", mode="eval", batch_size=EVAL_BATCH, shuffle=False, bucket_boundaries=None)
+    ds = make_dataset(prepared, "test", objective="eval", batch_size=EVAL_BATCH, shuffle=False, bucket_boundaries=None)
     ds = ds.take(math.ceil(users / EVAL_BATCH))
     start = time.perf_counter()
     with reading(prepared):

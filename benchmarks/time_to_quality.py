@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     t = config.training
     prepared = prepare(config)
     test_ds = make_dataset(
-        prepared, "test", mode="eval", batch_size=t.eval_batch_size, bucket_boundaries=t.length_buckets, cache=True
+        prepared, "test", objective="eval", batch_size=t.eval_batch_size, bucket_boundaries=t.length_buckets, cache=True
     )
 
     class TestQuality(keras.callbacks.Callback):

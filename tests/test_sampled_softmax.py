@@ -191,7 +191,7 @@ def test_model_loss_with_every_item_equals_the_full_softmax_loss():
 
 
 def test_gradients_reach_the_item_table_and_only_sampled_rows_and_targets():
-    model = _sasrec(SampledSoftmax(20, num_negatives=3, seed=1), train_on="last_position")
+    model = _sasrec(SampledSoftmax(20, num_negatives=3, seed=1), objective="prefix")
     model.compile(metrics=[])
     inputs = {"item_ids": IDS}
     labels = np.array([12, 13], "int32")
@@ -265,8 +265,8 @@ def _tiny_params(name):
     return params
 
 
-def _fit(model, prepared, mode, steps=4):
-    ds = make_dataset(prepared, "train", mode=mode, batch_size=16, seed=0, shuffle_buffer=64, repeat=True)
+def _fit(model, prepared, objective, steps=4):
+    ds = make_dataset(prepared, "train", objective=objective, batch_size=16, seed=0, shuffle_buffer=64, repeat=True)
     with reading(prepared):
         history = model.fit(ds, epochs=2, steps_per_epoch=steps, verbose=0)
     return history.history["loss"]
@@ -284,7 +284,7 @@ def test_every_model_trains_with_sampled_softmax(name, demo_prepared):
     assert np.all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0] + 0.5, losses  # no blow-up; sampled losses are noisy over 4 steps
     # Full-ranking evaluation is unchanged: full logits over every item.
-    inputs, _ = next(iter(make_dataset(demo_prepared, "valid", mode="eval", batch_size=4)))
+    inputs, _ = next(iter(make_dataset(demo_prepared, "valid", objective="eval", batch_size=4)))
     assert tuple(model(inputs).shape) == (4, num_items)
 
 
@@ -293,9 +293,7 @@ def test_prefix_objective_with_in_batch_negatives(name, demo_prepared):
     num_items = demo_prepared.schema.num_items
     sampled = SampledSoftmax(num_items, num_negatives=6, sampler="in_batch", hard_negatives=3, seed=0)
     keras.utils.set_random_seed(0)
-    model = build_model(
-        name, _tiny_params(name), prepared=demo_prepared, train_on="last_position", sampled_softmax=sampled
-    )
+    model = build_model(name, _tiny_params(name), prepared=demo_prepared, objective="prefix", sampled_softmax=sampled)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=[])
     losses = _fit(model, demo_prepared, "prefix")
     assert np.all(np.isfinite(losses)), losses
@@ -307,7 +305,7 @@ def test_sampled_loss_decreases_on_a_longer_run(demo_prepared):
     sampled = SampledSoftmax(num_items, num_negatives=10, sampler="uniform", seed=0)
     model = build_model("sasrec", _tiny_params("sasrec"), prepared=demo_prepared, sampled_softmax=sampled)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=[])
-    ds = make_dataset(demo_prepared, "train", mode="all_positions", batch_size=40, seed=0, repeat=True)
+    ds = make_dataset(demo_prepared, "train", objective="all_positions", batch_size=40, seed=0, repeat=True)
     with reading(demo_prepared):
         losses = model.fit(ds, epochs=4, steps_per_epoch=5, verbose=0).history["loss"]
     assert losses[-1] < losses[0] - 0.1, losses
@@ -323,7 +321,7 @@ def test_auxiliary_losses_are_added_to_the_sampled_loss(demo_prepared):
         sampled_softmax=SampledSoftmax(num_items, num_negatives=5, seed=0),
     )
     model.compile(metrics=[])
-    inputs, labels = next(iter(make_dataset(demo_prepared, "train", mode="all_positions", batch_size=8)))
+    inputs, labels = next(iter(make_dataset(demo_prepared, "train", objective="all_positions", batch_size=8)))
     outputs = model(inputs, training=True)
     vectors, draws = outputs["vectors"], outputs["draws"]
     auxiliary = model.auxiliary_losses(outputs, labels)
@@ -344,7 +342,7 @@ def test_cloze_model_trains_with_sampled_softmax(demo_prepared):
         sampled_softmax=SampledSoftmax(num_items, num_negatives=8, seed=0),
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), metrics=[])
-    inputs, labels = next(iter(make_dataset(demo_prepared, "train", mode="all_positions", batch_size=8)))
+    inputs, labels = next(iter(make_dataset(demo_prepared, "train", objective="all_positions", batch_size=8)))
     outputs = model(inputs, training=True)
     vectors = outputs["vectors"]
     # Scoring vectors at the masked slots: the BERT head's outputs.

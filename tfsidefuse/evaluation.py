@@ -49,7 +49,7 @@ def evaluate_model(
     ds = make_dataset(
         prepared,
         split,
-        mode="eval",
+        objective="eval",
         batch_size=batch_size,
         features=features,
         shuffle=False,
@@ -132,7 +132,7 @@ def item_popularity(prepared: PreparedDataset | str) -> np.ndarray:
         prepared = PreparedDataset.open(prepared)
     counts = np.zeros(prepared.schema.num_items, dtype=np.float64)
     longest = int(prepared.stats.get("max_length", prepared.schema.max_len))
-    ds = make_dataset(prepared, "train", mode="eval", batch_size=4096, max_len=longest, shuffle=False)
+    ds = make_dataset(prepared, "train", objective="eval", batch_size=4096, max_len=longest, shuffle=False)
     with reading(prepared):
         for inputs, labels in ds:
             ids = np.concatenate([inputs[ITEM_IDS].numpy().ravel(), labels.numpy().ravel()])
@@ -154,7 +154,7 @@ def evaluate_most_popular(
     counts = item_popularity(prepared)
     scores = counts - np.arange(len(counts)) * 1e-9
     metrics = ranking_metrics()
-    ds = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False)
+    ds = make_dataset(prepared, split, objective="eval", batch_size=batch_size, shuffle=False)
     with reading(prepared):
         for _, labels in ds:
             y_pred = np.broadcast_to(scores.astype(np.float32), (labels.shape[0], len(scores)))
@@ -208,7 +208,7 @@ def per_user_ranks(
         return tf.shape(record[ITEM_ID])[0] >= 2
 
     users = [int(r[USER_ID]) for r in records.map(parse).filter(has_target).as_numpy_iterator()]
-    examples = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False)
+    examples = make_dataset(prepared, split, objective="eval", batch_size=batch_size, shuffle=False)
     ranks = []
     with reading(prepared):
         for inputs, labels in examples:

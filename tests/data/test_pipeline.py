@@ -61,15 +61,15 @@ def test_eval_mode_left_pads_and_truncates(prepared):
 
 
 def test_all_positions_and_prefix_modes(prepared):
-    ((x, y),) = batches(make_dataset(prepared, "test", mode="all_positions", batch_size=4, shuffle=False))
+    ((x, y),) = batches(make_dataset(prepared, "test", objective="all_positions", batch_size=4, shuffle=False))
     rows = {tuple(i): tuple(t) for i, t in zip(x["item_ids"], y)}
     # a: inputs y z x -> labels z x x; b: inputs y z -> labels z w (left-padded to the batch's longest).
     assert rows == {(2, 3, 4): (3, 4, 4), (0, 2, 3): (0, 3, 5)}
-    got = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False))
+    got = batches(make_dataset(prepared, "test", objective="prefix", batch_size=16, shuffle=False))
     ((x, y),) = got
     prefixes = sorted((tuple(v for v in i if v), t) for i, t in zip(x["item_ids"], y))
     assert prefixes == sorted([((2,), 3), ((2, 3), 4), ((2, 3, 4), 4), ((2,), 3), ((2, 3), 5)])
-    ((x, y),) = batches(make_dataset(prepared, "test", mode="prefix", batch_size=16, shuffle=False, max_len=1))
+    ((x, y),) = batches(make_dataset(prepared, "test", objective="prefix", batch_size=16, shuffle=False, max_len=1))
     assert all(len(i) == 1 for i in x["item_ids"])
 
 
@@ -81,8 +81,8 @@ def test_pad_to_max_len_and_feature_selection(prepared):
     assert y.shape == (2,)
     with pytest.raises(ValueError, match=r"unknown interaction feature\(s\) \['cat'\]"):
         make_dataset(prepared, "valid", features=["cat"])
-    with pytest.raises(ValueError, match="mode must be one of .* got 'sliding'"):
-        make_dataset(prepared, "valid", mode="sliding")
+    with pytest.raises(ValueError, match="objective must be one of .* got 'sliding'"):
+        make_dataset(prepared, "valid", objective="sliding")
     with pytest.raises(ValueError, match="split must be one of .* got 'dev'"):
         make_dataset(prepared, "dev")
 
@@ -153,12 +153,12 @@ def test_malformed_record_names_the_missing_feature(prepared, tmp_path):
         list(make_dataset(tmp_path / "bad", "test", batch_size=2))
 
 
-@pytest.mark.parametrize("mode", ["all_positions", "prefix", "eval"])
+@pytest.mark.parametrize("objective", ["all_positions", "prefix", "eval"])
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
-def test_declared_cardinality_matches_the_data(prepared, mode, split):
-    ds = make_dataset(prepared, split, mode=mode, batch_size=1, shuffle=False)
+def test_declared_cardinality_matches_the_data(prepared, objective, split):
+    ds = make_dataset(prepared, split, objective=objective, batch_size=1, shuffle=False)
     # A wrong declared cardinality makes iteration fail at the end.
-    assert int(ds.cardinality()) == sum(1 for _ in ds) == count_examples(prepared, split, mode)
+    assert int(ds.cardinality()) == sum(1 for _ in ds) == count_examples(prepared, split, objective)
 
 
 @pytest.fixture
@@ -193,11 +193,11 @@ def test_length_buckets():
         length_buckets(0)
 
 
-@pytest.mark.parametrize("mode", ["all_positions", "prefix", "eval"])
+@pytest.mark.parametrize("objective", ["all_positions", "prefix", "eval"])
 @pytest.mark.parametrize("pad_to_max_len", [False, True])
-def test_bucketing_keeps_every_example_and_pads_within_the_bucket(varied, mode, pad_to_max_len):
+def test_bucketing_keeps_every_example_and_pads_within_the_bucket(varied, objective, pad_to_max_len):
     bounds = [2, 5, 8]
-    kwargs = {"mode": mode, "batch_size": 3, "shuffle": False}
+    kwargs = {"objective": objective, "batch_size": 3, "shuffle": False}
     plain = make_dataset(varied, "train", **kwargs)
     bucketed = make_dataset(varied, "train", bucket_boundaries=bounds, pad_to_max_len=pad_to_max_len, **kwargs)
     assert _examples(bucketed) == _examples(plain)
@@ -212,7 +212,7 @@ def test_bucketing_keeps_every_example_and_pads_within_the_bucket(varied, mode, 
         assert np.all(ids[:, -1] != 0)
         expected_width = bounds[bucket[0]] if pad_to_max_len else lengths.max()
         assert ids.shape[1] == expected_width and x["rating"].shape == ids.shape
-        if mode == "all_positions":
+        if objective == "all_positions":
             assert y.shape == ids.shape
         widths.add(ids.shape[1])
     assert len(widths) > 1
@@ -267,7 +267,7 @@ def test_cache_keeps_finished_eval_batches_and_training_reshuffles(varied, tmp_p
     import shutil
 
     copy = PreparedDataset.open(shutil.copytree(varied.directory, tmp_path / "copy"))
-    kwargs = {"mode": "eval", "batch_size": 3, "bucket_boundaries": [2, 5, 8]}
+    kwargs = {"objective": "eval", "batch_size": 3, "bucket_boundaries": [2, 5, 8]}
     plain = batches(make_dataset(varied, "valid", **kwargs))
     cached = make_dataset(copy, "valid", cache=True, **kwargs)
     assert batches(cached) == plain
@@ -276,10 +276,10 @@ def test_cache_keeps_finished_eval_batches_and_training_reshuffles(varied, tmp_p
         os.remove(path)
     assert batches(cached) == plain
 
-    train = make_dataset(varied, "train", mode="all_positions", batch_size=4, seed=3, cache=True)
+    train = make_dataset(varied, "train", objective="all_positions", batch_size=4, seed=3, cache=True)
     first, second = batches(train), batches(train)
     assert first != second
-    assert _examples(train) == _examples(make_dataset(varied, "train", mode="all_positions", batch_size=4, seed=3))
+    assert _examples(train) == _examples(make_dataset(varied, "train", objective="all_positions", batch_size=4, seed=3))
 
 
 def test_cached_evaluation_batches_run_without_autotuning(varied):
@@ -304,7 +304,7 @@ def test_all_targets_windows_keep_history_by_hand(tmp_path):
     ids = {token: i for i, token in enumerate(prepared.vocabulary("item_id"))}
     e = [ids[f"i{t}"] for t in range(10)]
     assert target_windows(7, 4) == [(6, 7, 2), (4, 5, 2), (1, 3, 0)]
-    got = batches(make_dataset(prepared, "train", mode="all_targets", batch_size=8, shuffle=False))
+    got = batches(make_dataset(prepared, "train", objective="all_targets", batch_size=8, shuffle=False))
     rows = sorted((tuple(x), tuple(y)) for batch, labels in got for x, y in zip(batch["item_ids"], labels))
     assert rows == sorted(
         [
@@ -314,7 +314,7 @@ def test_all_targets_windows_keep_history_by_hand(tmp_path):
         ]
     )
     # `all_positions` trains on the newest window's 4 slots only.
-    ((x, y),) = batches(make_dataset(prepared, "train", mode="all_positions", batch_size=8, shuffle=False))
+    ((x, y),) = batches(make_dataset(prepared, "train", objective="all_positions", batch_size=8, shuffle=False))
     assert (tuple(x["item_ids"][0]), tuple(y[0])) == ((e[3], e[4], e[5], e[6]), (e[4], e[5], e[6], e[7]))
 
 
@@ -322,8 +322,8 @@ def test_all_targets_windows_keep_history_by_hand(tmp_path):
 def test_all_targets_trains_on_every_prefix_target_once(varied, max_len):
     """The targets of one `all_targets` epoch are exactly the prefix objective's, counted with multiplicity."""
 
-    def targets(mode):
-        ds = make_dataset(varied, "train", mode=mode, batch_size=7, max_len=max_len, shuffle=True, seed=1)
+    def targets(objective):
+        ds = make_dataset(varied, "train", objective=objective, batch_size=7, max_len=max_len, shuffle=True, seed=1)
         out = []
         for _, y in ds:
             y = y.numpy()
@@ -352,9 +352,9 @@ def test_all_targets_covers_every_movielens_target(tmp_path):
     raw = read_recbole(shared_data("ml-100k"), name="ml-100k")
     prepared = PreparedDataset.open(write_prepared(encode(raw, max_len=50), tmp_path / "ml"))
 
-    def counted(mode):
+    def counted(objective):
         examples = targets = 0
-        for _, y in make_dataset(prepared, "train", mode=mode, batch_size=1024, shuffle=False):
+        for _, y in make_dataset(prepared, "train", objective=objective, batch_size=1024, shuffle=False):
             examples += int(y.shape[0])
             targets += int(np.count_nonzero(y.numpy()))
         return examples, targets

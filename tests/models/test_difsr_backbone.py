@@ -468,7 +468,7 @@ def test_last_position_only_equals_the_last_slot_and_drives_last_position_scorin
     backbone_loss = head({"sequence_output": full}, INPUTS, labels, backbone=backbone)
     next_item = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(labels, expected)
     no_dropout = _backbone(fusion=fusion, **NO_DROPOUT)
-    model_no_dropout = NextItemModel(no_dropout, train_on="last_position", heads=[_head(no_dropout)])
+    model_no_dropout = NextItemModel(no_dropout, objective="prefix", heads=[_head(no_dropout)])
     model_no_dropout.backbone(INPUTS)
     model_no_dropout.backbone.set_weights(backbone.get_weights())
     model_no_dropout.heads[0].set_weights(head.get_weights())

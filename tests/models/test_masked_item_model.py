@@ -203,7 +203,7 @@ def test_sample_weights_are_rejected_in_training():
 def test_serialization_and_save_reload(tmp_path):
     model = _model(mask_prob=0.25, ft_ratio=0.1, mask_behaviour_at_masked_slots=True)
     config = model.get_config()
-    assert "train_on" not in config
+    assert "objective" not in config and "train_on" not in config
     assert {k: config[k] for k in ("mask_prob", "ft_ratio", "mask_behaviour_at_masked_slots", "bert_head", "seed")} == {
         "mask_prob": 0.25,
         "ft_ratio": 0.1,
@@ -213,6 +213,8 @@ def test_serialization_and_save_reload(tmp_path):
     }
     revived = MaskedItemModel.from_config(config)
     assert revived.get_config() == config
+    # A config with the `train_on` of version 0.2.0 (which Cloze training ignores) loads too.
+    assert MaskedItemModel.from_config({**config, "train_on": "last_position"}).get_config() == config
     randomize_weights(model.weights[:-1], scale=0.3)
     model.compile()
     restored = run_model_saving_test(model, {"item_ids": ITEM_IDS}, tmp_path)
@@ -242,7 +244,7 @@ def test_registry_builds_a_masked_item_model_for_cloze_backbones():
         max_len=MAX_LEN,
     )
     params = {"hidden_dim": 8, "num_heads": 2, "ff_dim": 16, "num_layers": 1, "mask_prob": 0.2, "ft_ratio": 0.5}
-    model = build_model("bert4rec", params, schema=schema, train_on="last_position", exclude_history=True)
+    model = build_model("bert4rec", params, schema=schema, objective="prefix", exclude_history=True)
     assert isinstance(model, MaskedItemModel) and isinstance(model.backbone, BERT4RecBackbone)
     assert (model.mask_prob, model.ft_ratio, model.exclude_history) == (0.2, 0.5, True)
     assert model.backbone.num_layers == 1

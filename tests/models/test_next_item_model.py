@@ -1,3 +1,6 @@
+import json
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -82,7 +85,7 @@ def test_last_position_logits_exclude_padding_and_oov():
 
 
 def test_last_position_training_keeps_the_full_softmax():
-    model = _model(train_on="last_position")
+    model = _model(objective="prefix")
     logits = np.asarray(model({"item_ids": ITEM_IDS}, training=True)["logits"])
     assert logits.shape == (3, NUM_ITEMS)
     np.testing.assert_allclose(logits, _np_logits(model, ITEM_IDS)[:, -1], atol=1e-5)
@@ -149,20 +152,20 @@ def test_fit_with_dynamic_sequence_lengths(tmp_path):
 
 
 def test_fit_on_last_position_labels():
-    model = _model(train_on="last_position", train_metrics=True)
+    model = _model(objective="prefix", train_metrics=True)
     model.compile(metrics=[NDCG(10), MRR()])
     history = model.fit(_dataset((5, 7), last_position=True), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert 0.0 < history.history["mrr"][0] <= 1.0
 
 
-@pytest.mark.parametrize("train_on", ["all_positions", "last_position"])
-def test_training_batches_track_only_the_loss_unless_train_metrics(train_on):
-    last = train_on == "last_position"
+@pytest.mark.parametrize("objective", ["all_positions", "prefix"])
+def test_training_batches_track_only_the_loss_unless_train_metrics(objective):
+    last = objective == "prefix"
     train, valid = _dataset((5, 8, 3), last_position=last), _dataset((6, 4), last_position=True)
     logs = {}
     for train_metrics in (False, True):
-        model = _model(dropout=0.5, train_on=train_on, train_metrics=train_metrics)
+        model = _model(dropout=0.5, objective=objective, train_metrics=train_metrics)
         model.compile()
         logs[train_metrics] = model.fit(train, validation_data=valid, epochs=2, verbose=0).history
         # Evaluation after training computes every metric again.
@@ -240,17 +243,56 @@ def test_mixed_precision_logits_are_float32():
 
 
 def test_config_round_trip():
-    model = _model(train_on="last_position", exclude_history=True, train_metrics=True)
+    model = _model(objective="prefix", exclude_history=True, train_metrics=True)
     run_serialization_test(model)
     revived = NextItemModel.from_config(model.get_config())
-    assert revived.train_on == "last_position" and revived.exclude_history and revived.train_metrics
+    assert revived.objective == "prefix" and revived.exclude_history and revived.train_metrics
     assert revived.backbone.get_config() == model.backbone.get_config()
+
+
+@pytest.mark.parametrize("objective, per_position", [("all_positions", True), ("all_targets", True), ("prefix", False)])
+def test_objective_picks_the_trained_output(objective, per_position):
+    model = _model(objective=objective)
+    assert model.labels_per_position is per_position
+    logits = model({"item_ids": ITEM_IDS}, training=True)["logits"]
+    # Labels at every position: every real slot is scored; one label per example: the last slot.
+    expected = (int(np.count_nonzero(ITEM_IDS)), NUM_ITEMS) if per_position else (3, NUM_ITEMS)
+    assert tuple(logits.shape) == expected
+
+
+@pytest.mark.parametrize("train_on, objective", [("all_positions", "all_positions"), ("last_position", "prefix")])
+def test_models_saved_with_train_on_load(train_on, objective, tmp_path):
+    """Version 0.2.0 saved `train_on` ("all_positions" or "last_position") in place of `objective`."""
+    model = _model(objective=objective, exclude_history=True)
+    config = model.get_config()
+    legacy = {("train_on" if k == "objective" else k): (train_on if k == "objective" else v) for k, v in config.items()}
+    revived = NextItemModel.from_config(legacy)
+    assert revived.objective == objective and revived.get_config() == config
+    # A whole .keras file whose config carries `train_on`.
+    model.compile()
+    expected = np.asarray(model({"item_ids": ITEM_IDS}))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    saved = json.loads(entries["config.json"])
+    saved["config"]["train_on"] = train_on
+    del saved["config"]["objective"]
+    entries["config.json"] = json.dumps(saved).encode()
+    with zipfile.ZipFile(tmp_path / "legacy.keras", "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    restored = keras.models.load_model(tmp_path / "legacy.keras")
+    assert isinstance(restored, NextItemModel) and restored.objective == objective
+    np.testing.assert_allclose(np.asarray(restored({"item_ids": ITEM_IDS})), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="train_on='first_position'"):
+        NextItemModel.from_config({**legacy, "train_on": "first_position"})
 
 
 @pytest.mark.parametrize(
     "kwargs, bad",
     [
-        ({"train_on": "first_position"}, "first_position"),
+        ({"objective": "last_position"}, "objective='last_position'"),
         ({"exclude_history": "yes"}, "yes"),
         ({"train_metrics": 1}, "train_metrics=1"),
     ],

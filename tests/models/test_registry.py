@@ -79,9 +79,9 @@ def test_builds_sasrec_f_with_every_schema_feature():
 
 def test_features_param_selects_features():
     params = {**PARAMS, "features": ["rating", "category"], "fusion": "gate"}
-    model = build_model("sasrec_f", params, schema=SCHEMA, item_feature_tables=TABLES, train_on="last_position")
+    model = build_model("sasrec_f", params, schema=SCHEMA, item_feature_tables=TABLES, objective="prefix")
     assert params["features"] == ["rating", "category"]  # the caller's params are left alone
-    assert isinstance(model, NextItemModel) and model.train_on == "last_position"
+    assert isinstance(model, NextItemModel) and model.objective == "prefix"
     backbone = model.backbone
     assert [f["name"] for f in backbone.item_features] == ["category"]
     assert [f["name"] for f in backbone.interaction_features] == ["rating"]

@@ -163,7 +163,7 @@ def test_prefix_objective_trains_and_extra_callbacks_run_after_the_configs(tmp_p
     # Epoch 1 has no validation; epoch 2 has, and the history callback's logs reach the extra one.
     assert [epoch for epoch, _ in seen.logs] == [0, 1]
     assert "val_ndcg@20" not in seen.logs[0][1] and "val_ndcg@20" in seen.logs[1][1]
-    assert result.model.train_on == "last_position"
+    assert result.model.objective == "prefix" and not result.model.labels_per_position
     assert (
         result.metrics["train_sequences"]
         == 2 * trainer.PreparedDataset.open(config.dataset.prepared_dir).stats["train_targets"]

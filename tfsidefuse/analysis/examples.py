@@ -56,7 +56,7 @@ def load_examples(prepared: PreparedDataset | str, split: str = "test", batch_si
     """Reads a split's evaluation examples (history before the target, and the target)."""
     if not isinstance(prepared, PreparedDataset):
         prepared = PreparedDataset.open(prepared)
-    ds = make_dataset(prepared, split, mode="eval", batch_size=batch_size, shuffle=False, pad_to_max_len=True)
+    ds = make_dataset(prepared, split, objective="eval", batch_size=batch_size, shuffle=False, pad_to_max_len=True)
     inputs: dict[str, list] = {}
     labels = []
     with reading(prepared):

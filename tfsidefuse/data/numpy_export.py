@@ -8,7 +8,7 @@ alone: a process whose Keras runs on JAX trains from it with ``model.fit(inputs,
 
 Layout of the file (every entry a plain array, read with ``allow_pickle=False``)::
 
-    meta                  JSON text: format version, schema, train mode, fingerprint, config (or null)
+    meta                  JSON text: format version, schema, objective, fingerprint, config (or null)
     table.<feature>       item id -> attribute ids, int32 [num_items, max_values], per item-level feature
     <split>.<input>       int32 [examples, max_len] per model input (``item_ids`` and the interaction features)
     <split>.labels        int32 [examples, max_len] (train, loss at every position) or [examples] (last position)
@@ -30,13 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from tfsidefuse.config import OBJECTIVES
 from tfsidefuse.data.schema import DatasetSchema
 
 #: Version of the file layout; :func:`load_numpy` refuses other versions.
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
-#: Train modes the file can hold (``prefix`` examples carry one label each, as the evaluation splits).
-TRAIN_MODES = ("all_positions", "all_targets", "prefix")
 LABELS = "labels"
 
 
@@ -49,8 +48,9 @@ class NumpyDataset:
         item_feature_tables: item id -> attribute ids per item-level feature.
         splits: ``split -> (inputs, labels)``; ``inputs`` maps each model input
             to an int32 ``[examples, max_len]`` array, left-padded with 0.
-        train_mode: how the train split was cut (``all_positions``,
-            ``all_targets`` or ``prefix``).
+        objective: the training objective the train split was cut for
+            (``all_positions``, ``all_targets`` or ``prefix``; ``prefix``
+            examples carry one label each, as the evaluation splits).
         fingerprint: the source prepared dataset's fingerprint.
         config: the run config the file was written for, as a dict, or ``None``.
     """
@@ -58,7 +58,7 @@ class NumpyDataset:
     schema: DatasetSchema
     item_feature_tables: dict[str, np.ndarray]
     splits: dict[str, tuple[dict[str, np.ndarray], np.ndarray]]
-    train_mode: str
+    objective: str
     fingerprint: str = ""
     config: dict | None = None
 
@@ -67,7 +67,7 @@ def export_numpy(
     prepared: Any,
     path: str | os.PathLike,
     *,
-    train_mode: str = "all_positions",
+    objective: str = "all_positions",
     config: dict | None = None,
     batch_size: int = 1024,
 ) -> str:
@@ -75,13 +75,15 @@ def export_numpy(
 
     The splits are read by :func:`tfsidefuse.data.pipeline.make_dataset`
     without shuffling and padded to the schema's ``max_len``: the train split
-    in ``train_mode``, the validation and test splits in ``eval`` mode (the
-    whole history before the split's target as input, the target as label).
+    for ``objective``, the validation and test splits in the ``eval`` layout
+    (the whole history before the split's target as input, the target as
+    label).
 
     Args:
         prepared: a :class:`~tfsidefuse.data.prepared.PreparedDataset` or its directory.
         path: the file to write (replaced atomically).
-        train_mode: ``"all_positions"``, ``"all_targets"`` or ``"prefix"``.
+        objective: the training objective of the train split: ``"all_positions"``,
+            ``"all_targets"`` or ``"prefix"`` (``training.objective``).
         config: the run config to store beside the data (``RunConfig.to_dict()``), or ``None``.
         batch_size: examples per batch while reading (memory only; the arrays are the same).
 
@@ -91,8 +93,8 @@ def export_numpy(
     from tfsidefuse.data.pipeline import make_dataset
     from tfsidefuse.data.prepared import PreparedDataset
 
-    if train_mode not in TRAIN_MODES:
-        raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {train_mode!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if not isinstance(prepared, PreparedDataset):
         prepared = PreparedDataset.open(prepared)
     schema = prepared.schema
@@ -103,7 +105,7 @@ def export_numpy(
         dataset = make_dataset(
             prepared,
             split,
-            mode=train_mode if split == "train" else "eval",
+            objective=objective if split == "train" else "eval",
             batch_size=batch_size,
             shuffle=False,
             pad_to_max_len=True,
@@ -117,7 +119,7 @@ def export_numpy(
     meta = {
         "format_version": FORMAT_VERSION,
         "schema": schema.to_dict(),
-        "train_mode": train_mode,
+        "objective": objective,
         "fingerprint": prepared.fingerprint,
         "config": config,
     }
@@ -164,7 +166,8 @@ def load_numpy(path: str | os.PathLike) -> NumpyDataset:
         schema=DatasetSchema.from_dict(meta["schema"]),
         item_feature_tables=tables,
         splits=splits,
-        train_mode=meta["train_mode"],
+        # Files written by version 0.2.0 name the objective "train_mode".
+        objective=meta["objective"] if "objective" in meta else meta["train_mode"],
         fingerprint=meta.get("fingerprint", ""),
         config=meta.get("config"),
     )
@@ -181,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--prepared", help="a prepared dataset directory")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
     parser.add_argument("--out", required=True, help="the .npz file to write")
-    parser.add_argument("--train-mode", choices=TRAIN_MODES, help="default: the config's objective, else all_positions")
+    parser.add_argument(
+        "--objective", choices=OBJECTIVES, help="the train split's objective; default: the config's, else all_positions"
+    )
+    # The option's name in version 0.2.0.
+    parser.add_argument("--train-mode", dest="objective", choices=OBJECTIVES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = None
     if args.config:
@@ -193,12 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         run_config = tfsidefuse.load_config(args.config, overrides)
         prepared = tfsidefuse.prepare(run_config)
         config = run_config.to_dict()
-        train_mode = args.train_mode or run_config.training.objective
+        objective = args.objective or run_config.training.objective
     else:
         prepared = args.prepared
-        train_mode = args.train_mode or "all_positions"
-    written = export_numpy(prepared, args.out, train_mode=train_mode, config=config)
-    print(f"wrote {written} ({os.path.getsize(written) / 2**20:.1f} MiB, train mode {train_mode})")
+        objective = args.objective or "all_positions"
+    written = export_numpy(prepared, args.out, objective=objective, config=config)
+    print(f"wrote {written} ({os.path.getsize(written) / 2**20:.1f} MiB, objective {objective})")
     return 0
 
 

@@ -273,7 +273,7 @@ class MaskedItemModel(NextItemModel):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.pop("train_on")
+        config.pop("objective")  # Cloze training uses the last label of either layout
         config.update(
             {
                 "mask_prob": self.mask_prob,

@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from tfsidefuse import replicas
+from tfsidefuse.config import OBJECTIVES
 from tfsidefuse.data.schema import NUM_RESERVED_IDS, OOV_ID, PAD_ID
 from tfsidefuse.layers.sampled_softmax import SampledSoftmax
 from tfsidefuse.losses import NextItemCrossEntropy
@@ -16,7 +17,10 @@ from tfsidefuse.metrics import ranking_metrics, shared_ranks
 from tfsidefuse.models.auxiliary_head import AuxiliaryHead
 from tfsidefuse.models.backbone import Backbone
 
-TRAIN_ON = ("all_positions", "last_position")
+#: Objectives whose training labels are per position (`[batch, seq_len]`); `"prefix"` has one label per example.
+POSITION_OBJECTIVES = ("all_positions", "all_targets")
+#: The `objective` of the `train_on` argument of version 0.2.0, in saved configs.
+LEGACY_TRAIN_ON = {"all_positions": "all_positions", "last_position": "prefix"}
 # Score given to items that must never be recommended (padding, OOV, history).
 EXCLUDED_LOGIT = -1e9
 
@@ -34,11 +38,12 @@ class NextItemModel(keras.Model):
     - all positions, `[batch, seq_len, num_items]`: one next-item prediction
       per slot, trained with labels `[batch, seq_len]` (`0` where a slot has no
       target, e.g. padding); the default for training with
-      `train_on="all_positions"` (one left-padded sequence per user, as S3-Rec).
+      `objective="all_positions"` (one left-padded sequence per user, as
+      S3-Rec) or `"all_targets"` (windows of it).
     - last position, `[batch, num_items]`: the prediction after the most
       recent item (the last slot of left-padded inputs), with labels
       `[batch]`; the default for inference, and for training with
-      `train_on="last_position"` (every prefix is an example, as RecBole).
+      `objective="prefix"` (every prefix is an example, as RecBole).
       At inference (`training` false) the padding and OOV columns, and with
       `exclude_history` the items of the input sequence, are set to `-1e9`.
       During training the full softmax keeps every column, as RecBole.
@@ -58,8 +63,12 @@ class NextItemModel(keras.Model):
 
     Args:
         backbone: a `tfsidefuse.models.Backbone`.
-        train_on: `"all_positions"` or `"last_position"`, which output
-            `fit` trains.
+        objective: the training objective whose examples `fit` gets, as
+            `training.objective` of a config and `objective` of
+            `tfsidefuse.data.pipeline.make_dataset`: `"all_positions"` or
+            `"all_targets"` (labels at every position: the output at every
+            slot is trained) or `"prefix"` (one label per example: the last
+            slot's output is trained).
         exclude_history: at inference, never recommend items already in the
             input sequence. Off by default: RecBole's full ranking keeps them.
         train_metrics: also compute the compiled metrics on the training
@@ -85,8 +94,8 @@ class NextItemModel(keras.Model):
         training: bool, whether dropout is active. `training=True` without
             `all_positions` is the training call of `fit`, see Returns.
         all_positions: bool, logits at every slot instead of the last one.
-            Defaults to `False` (for the training call: `train_on ==
-            "all_positions"`).
+            Defaults to `False` (for the training call: whether the
+            `objective` has labels at every position).
 
     Returns:
         The logits, `[batch, num_items]` or `[batch, seq_len, num_items]`.
@@ -117,7 +126,7 @@ class NextItemModel(keras.Model):
     def __init__(
         self,
         backbone: Backbone,
-        train_on: str = "all_positions",
+        objective: str = "all_positions",
         exclude_history: bool = False,
         train_metrics: bool = False,
         sampled_softmax: SampledSoftmax | None = None,
@@ -127,8 +136,8 @@ class NextItemModel(keras.Model):
         super().__init__(**kwargs)
         if not isinstance(backbone, Backbone):
             raise ValueError(f"`backbone` must be a `tfsidefuse.models.Backbone`. Received: backbone={backbone!r}")
-        if train_on not in TRAIN_ON:
-            raise ValueError(f"`train_on` must be one of {TRAIN_ON}. Received: train_on={train_on!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"`objective` must be one of {OBJECTIVES}. Received: objective={objective!r}")
         if not isinstance(exclude_history, bool):
             raise ValueError(f"`exclude_history` must be a bool. Received: exclude_history={exclude_history!r}")
         if not isinstance(train_metrics, bool):
@@ -149,9 +158,14 @@ class NextItemModel(keras.Model):
         self.sampled_softmax = sampled_softmax
         self.backbone = backbone
         self.heads = list(heads)
-        self.train_on = train_on
+        self.objective = objective
         self.exclude_history = exclude_history
         self.train_metrics = train_metrics
+
+    @property
+    def labels_per_position(self) -> bool:
+        """Whether the training labels are per position (`[batch, seq_len]`), else one per example (`[batch]`)."""
+        return self.objective in POSITION_OBJECTIVES
 
     def build(self, inputs_shape: Any = None) -> None:
         if not self.backbone.built:
@@ -183,11 +197,12 @@ class NextItemModel(keras.Model):
     def _training_outputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The outputs of a training call: the scores `fit` trains on and what the loss needs besides.
 
-        `train_on="all_positions"` scores every slot (only the real ones, as
-        `"slots"`, where dynamic shapes are allowed), `"last_position"` the
-        last one; see `_scored_outputs` for the scores.
+        An objective with labels at every position (`"all_positions"`,
+        `"all_targets"`) scores every slot (only the real ones, as `"slots"`,
+        where dynamic shapes are allowed), `"prefix"` the last one; see
+        `_scored_outputs` for the scores.
         """
-        all_positions = self.train_on == "all_positions"
+        all_positions = self.labels_per_position
         inputs = self._sanitize(inputs, keep_last=not all_positions)
         backbone_outputs = self._backbone_outputs(inputs, True, last_position_only=not all_positions)
         outputs = {"inputs": inputs, "backbone_outputs": backbone_outputs}
@@ -652,7 +667,7 @@ class NextItemModel(keras.Model):
         # functional models and simple constructors.
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "train_on": self.train_on,
+            "objective": self.objective,
             "exclude_history": self.exclude_history,
             "train_metrics": self.train_metrics,
             "sampled_softmax": (
@@ -667,6 +682,12 @@ class NextItemModel(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NextItemModel:
         config = dict(config)
+        if "train_on" in config:
+            # A config saved by version 0.2.0, whose `train_on` named the trained output.
+            train_on = config.pop("train_on")
+            if train_on not in LEGACY_TRAIN_ON:
+                raise ValueError(f"`train_on` must be one of {tuple(LEGACY_TRAIN_ON)}. Received: train_on={train_on!r}")
+            config.setdefault("objective", LEGACY_TRAIN_ON[train_on])
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         if config.get("sampled_softmax") is not None:
             config["sampled_softmax"] = keras.saving.deserialize_keras_object(config["sampled_softmax"])

@@ -239,7 +239,7 @@ def build_model(
     prepared=None,
     schema=None,
     item_feature_tables: dict | None = None,
-    train_on: str = "all_positions",
+    objective: str = "all_positions",
     exclude_history: bool = False,
     train_metrics: bool = False,
     sampled_softmax=None,
@@ -251,15 +251,25 @@ def build_model(
     the others the backbone. Backbones that declare the Cloze task (class attribute ``task =
     "cloze"``: BERT4Rec, NOVA-BERT) get a :class:`MaskedItemModel` instead,
     which takes the params in :data:`CLOZE_PARAMS` (``mask_prob``,
-    ``ft_ratio``, ...) from ``params``; it trains on either objective
-    (``train_on`` only says which labels the data carry, and Cloze training
-    uses their last item). ``train_metrics`` also computes the ranking metrics
-    on the training batches (see :class:`NextItemModel`); ``sampled_softmax`` (a
-    :class:`~tfsidefuse.layers.SampledSoftmax`) trains with the sampled softmax instead of the full one.
+    ``ft_ratio``, ...) from ``params``; it trains on any objective (Cloze
+    training uses the last label of each example, so ``objective`` is not
+    passed to it).
 
-    ``prepared`` (a :class:`~tfsidefuse.data.prepared.PreparedDataset`) gives
-    the schema and the item-feature tables in one argument; ``schema`` and
-    ``item_feature_tables`` give them separately.
+    Args:
+        name: the model's name, a key of :data:`BACKBONES`.
+        params: the model params (the config's ``model`` section without ``name``).
+        prepared: a :class:`~tfsidefuse.data.prepared.PreparedDataset`: the
+            schema and the item-feature tables in one argument.
+        schema: the dataset schema, when ``prepared`` is not given.
+        item_feature_tables: the item-feature tables, when ``prepared`` is not given.
+        objective: the training objective (``training.objective``:
+            ``"all_positions"``, ``"all_targets"`` or ``"prefix"``), which says
+            which labels the training data carry (see :class:`NextItemModel`).
+        exclude_history: at inference, never recommend items of the input sequence.
+        train_metrics: also compute the ranking metrics on the training
+            batches (see :class:`NextItemModel`).
+        sampled_softmax: a :class:`~tfsidefuse.layers.SampledSoftmax` to train
+            with instead of the full softmax, or ``None``.
     """
     if name not in BACKBONES:
         raise ConfigError(f"unknown model {name!r}; available: {sorted(BACKBONES)}")
@@ -293,7 +303,7 @@ def build_model(
             head.set_item_feature_tables(tables)
     return NextItemModel(
         backbone,
-        train_on=train_on,
+        objective=objective,
         exclude_history=exclude_history,
         train_metrics=train_metrics,
         sampled_softmax=sampled_softmax,

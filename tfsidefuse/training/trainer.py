@@ -177,7 +177,7 @@ def create_model(config: RunConfig, prepared: PreparedDataset):
             dict(config.model.params),
             schema=prepared.schema,
             item_feature_tables=prepared.item_feature_tables,
-            train_on="last_position" if t.objective == "prefix" else "all_positions",  # all_targets: per position
+            objective=t.objective,
             exclude_history=t.exclude_history,
             train_metrics=t.train_metrics,
             sampled_softmax=sampled_softmax,
@@ -244,7 +244,6 @@ def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Opti
 def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
     """The training and validation ``tf.data`` pipelines of a config (objective, buckets, XLA padding)."""
     t = config.training
-    mode = t.objective
     # XLA compiles one program per shape (JAX always, TensorFlow with jit_compile): batches are then padded to
     # their bucket bound, so that a few shapes are compiled.
     common = {
@@ -253,9 +252,15 @@ def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
         "pad_to_max_len": fixed_batch_shapes(t.jit_compile),
     }
     train_ds = make_dataset(
-        prepared, "train", mode=mode, batch_size=t.batch_size, seed=t.seed, shuffle_buffer=t.shuffle_buffer, **common
+        prepared,
+        "train",
+        objective=t.objective,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        shuffle_buffer=t.shuffle_buffer,
+        **common,
     )
-    valid_ds = make_dataset(prepared, "valid", mode="eval", batch_size=t.eval_batch_size, **common)
+    valid_ds = make_dataset(prepared, "valid", objective="eval", batch_size=t.eval_batch_size, **common)
     # Under JAX's DataParallel the devices must divide every batch: the last ones get empty rows.
     return pad_batches(train_ds), pad_batches(valid_ds)
 
@@ -270,7 +275,12 @@ def config_datasets(config: RunConfig, prepared: PreparedDataset | None = None) 
     t = config.training
     train_ds, valid_ds = training_datasets(config, prepared)
     test_ds = make_dataset(
-        prepared, "test", mode="eval", batch_size=t.eval_batch_size, cache=t.cache, bucket_boundaries=t.length_buckets
+        prepared,
+        "test",
+        objective="eval",
+        batch_size=t.eval_batch_size,
+        cache=t.cache,
+        bucket_boundaries=t.length_buckets,
     )
     return train_ds, valid_ds, test_ds
 
