@@ -284,3 +284,22 @@ def test_set_item_feature_tables_validates():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         FDSABackbone(**{**INIT_KWARGS, **kwargs})
+
+
+def test_a_single_feature_enters_as_it_is_under_add_and_gate():
+    # One feature: add and gate fusion are the identity (a softmax over one feature is 1), so the tower has no
+    # fusion weights and both give the same output; concat keeps its projection.
+    one_feature = {"item_features": ITEM_FEATURES[:1], "interaction_features": []}
+    outputs = {}
+    for fusion in ("add", "gate", "concat"):
+        keras.utils.set_random_seed(0)
+        backbone = FDSABackbone(**{**INIT_KWARGS, **one_feature, "feature_fusion": fusion})
+        backbone.set_item_feature_tables({ITEM_FEATURES[0]["name"]: item_feature_tables()[ITEM_FEATURES[0]["name"]]})
+        outputs[fusion] = np.asarray(backbone({"item_ids": ITEM_IDS})["sequence_output"])
+        if fusion == "concat":
+            assert tuple(backbone.feature_fusion_layer.projection.kernel.shape) == (8, 8)
+        else:
+            assert backbone.feature_fusion_layer is None
+            assert not any("feature_fusion" in w.path for w in backbone.weights)
+    np.testing.assert_array_equal(outputs["add"], outputs["gate"])
+    assert not np.allclose(outputs["add"], outputs["concat"], atol=1e-4)

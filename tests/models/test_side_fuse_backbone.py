@@ -181,10 +181,15 @@ def _np_backbone(backbone: SideFuseBackbone, item_ids: np.ndarray, ratings: np.n
             block.feedforward_output_dense, np_gelu(np_dense(block.feedforward_intermediate_dense, hidden))
         )
         x = np_layer_norm(block.feedforward_layer_norm, hidden + feedforward)
-    y = np_layer_norm(backbone.late_layer_norm, rating + position)
-    for block in backbone.late_transformer_layers:
+    # One late feature: concat fusion projects it, add and gate fusion leave it as it is.
+    if backbone.fusion == "concat":
+        rating = _np_fusion(backbone.feature_fusion_layer, [rating])
+    else:
+        assert backbone.feature_fusion_layer is None
+    y = np_layer_norm(backbone.feature_layer_norm, rating + position)
+    for block in backbone.feature_transformer_layers:
         y = np_transformer_block(block, y, mask)
-    fused = np_dense(backbone.output_fusion.projection, np.concatenate([x, y], axis=-1))
+    fused = np_dense(backbone.tower_fusion.projection, np.concatenate([x, y], axis=-1))
     return np_layer_norm(backbone.output_layer_norm, fused)
 
 
@@ -282,14 +287,8 @@ def test_fdsa_preset_equals_fdsa_with_own_layer_norms():
     reference(INPUTS)
     randomize_weights(reference.trainable_weights)
     backbone = _backbone(preset="fdsa", fusion="gate", late_num_layers=2)
-    renames = {
-        **ATTENTION_ROLE,
-        "late_fusion": "feature_fusion",
-        "late_transformer_layer": "feature_transformer_layer",
-        "late_layer_norm": "feature_layer_norm",
-        "output_fusion": "tower_fusion",
-    }
-    _copy_by_role(reference, backbone, renames)
+    # The feature tower is the same code with the same weight names; only the item tower's attention differs.
+    _copy_by_role(reference, backbone, ATTENTION_ROLE)
     np.testing.assert_allclose(
         np.asarray(backbone(INPUTS)["sequence_output"])[REAL],
         np.asarray(reference(INPUTS)["sequence_output"])[REAL],
@@ -389,3 +388,18 @@ def test_set_item_feature_tables_validates():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         SideFuseBackbone(**{**INIT_KWARGS, **kwargs})
+
+
+def test_configs_saved_before_the_shared_feature_tower():
+    late = _backbone(preset="fdsa")
+    config = late.get_config()
+    assert config["weights_layout"] == 2
+    assert SideFuseBackbone.from_config(config).get_config() == config
+    # A 0.2.0 config (no weights layout): with late features its tower's weights had other names.
+    old = {k: v for k, v in config.items() if k != "weights_layout"}
+    with pytest.raises(ValueError, match=r"0\.2\.0 or earlier with late features \['category', 'brand', 'rating'\]"):
+        SideFuseBackbone.from_config(old)
+    # Without late features nothing was renamed: it still loads.
+    early = _backbone(preset="difsr").get_config()
+    early.pop("weights_layout")
+    assert SideFuseBackbone.from_config(early).features_at("late") == []

@@ -9,6 +9,7 @@ import keras
 
 from tfsidefuse.layers._checks import check_choice
 from tfsidefuse.layers.embedding_fusion import EmbeddingFusion
+from tfsidefuse.layers.masks import attention_mask
 from tfsidefuse.layers.side_feature_embedding import POOLINGS
 from tfsidefuse.layers.side_information_embedding import SideInformationEmbedding, normalize_side_features
 from tfsidefuse.models.sasrec.sasrec_backbone import SASRecBackbone
@@ -161,6 +162,73 @@ class SideFeatureBackbone(SASRecBackbone):
         )
         fusion.build([(None, None, self.hidden_dim)] * num_inputs)
         return fusion
+
+    def build_feature_tower(
+        self,
+        num_features: int,
+        fusion: str,
+        gate_scorer: str,
+        num_layers: int | None = None,
+        share_layer_norm: bool = False,
+    ) -> None:
+        """Builds a feature tower joined late to the item stream (FDSA; `SideFuseBackbone`'s `"late"` entry).
+
+        The tower reads only side features: `G^0 = Dropout(LN(F(f_1, .., f_k)
+        + P))`, then `num_layers` causal `TransformerBlock`s with their own
+        weights, and is joined at every slot, `H = Dropout(LN([H^I || G^L]
+        W^o + b^o))` (see `feature_tower_output`). `F` is an `EmbeddingFusion`
+        (`feature_fusion_layer`); a single feature enters as it is under
+        `"add"` and `"gate"` (both are the identity on one input) and through
+        the projection under `"concat"`.
+
+        Args:
+            num_features: number `k` of side features the tower reads.
+            fusion: `"add"`, `"concat"` or `"gate"`, the mode of `F`.
+            gate_scorer: `"linear"` or `"mlp"`, the scorer of `"gate"`.
+            num_layers: number of blocks; `None` gives `num_layers`.
+            share_layer_norm: whether the tower input and the joined output
+                reuse the embedding LayerNorm (RecBole's FDSA) instead of
+                their own (`feature_layer_norm`, `output_layer_norm`).
+        """
+        self.feature_fusion_layer = None
+        if num_features > 1 or fusion == "concat":
+            self.feature_fusion_layer = self.make_embedding_fusion(fusion, num_features, "feature_fusion", gate_scorer)
+        self.feature_dropout = self.make_dropout("feature_dropout")
+        self.feature_transformer_layers = self.build_transformer_layers(
+            "feature_transformer_layer", num_layers=num_layers, custom_attention=False
+        )
+        self.tower_fusion = self.make_embedding_fusion("concat", 2, "tower_fusion")
+        self.output_dropout = self.make_dropout("output_dropout")
+        self.feature_tower_shares_layer_norm = share_layer_norm
+        if not share_layer_norm:
+            self.feature_layer_norm = self.make_layer_norm("feature_layer_norm")
+            self.output_layer_norm = self.make_layer_norm("output_layer_norm")
+
+    def feature_tower_output(
+        self, item_hidden: Any, features: Sequence[Any], position: Any, padding_mask: Any, training: bool | None
+    ) -> Any:
+        """Runs the tower of `build_feature_tower` and joins it to the item stream.
+
+        Args:
+            item_hidden: the item stream's output `H^I`, `[batch, seq_len, hidden_dim]`.
+            features: the tower's side-feature embeddings, `[batch, seq_len, hidden_dim]` each.
+            position: the position embeddings `P`, `[batch, seq_len, hidden_dim]`.
+            padding_mask: bool `[batch, seq_len]`, `True` at real items.
+            training: whether dropout is active.
+
+        Returns:
+            The joined hidden states `[batch, seq_len, hidden_dim]`.
+        """
+        features = list(features)
+        x = self.feature_fusion_layer(features) if self.feature_fusion_layer is not None else features[0]
+        shared = self.feature_tower_shares_layer_norm
+        x = (self.embeddings_layer_norm if shared else self.feature_layer_norm)(x + position)
+        x = self.feature_dropout(x, training=training)
+        causal_mask = attention_mask(padding_mask, causal=True)
+        for block in self.feature_transformer_layers:
+            x = block(x, attention_mask=causal_mask, training=training)
+        fused = (self.embeddings_layer_norm if shared else self.output_layer_norm)(self.tower_fusion([item_hidden, x]))
+        return self.output_dropout(fused, training=training)
 
     def build_side_embeddings(self) -> None:
         if not self.side_embeddings_after_encoder:

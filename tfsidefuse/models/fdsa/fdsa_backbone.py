@@ -9,7 +9,7 @@ import keras
 
 from tfsidefuse.layers._checks import check_choice
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
-from tfsidefuse.layers.masks import attention_mask, padding_mask
+from tfsidefuse.layers.masks import padding_mask
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
 
 
@@ -150,36 +150,21 @@ class FDSABackbone(SideFeatureBackbone):
     def build(self, inputs_shape: Any = None) -> None:
         # The item tower (SASRec's tables, embedding layer norm and encoder), then the side embeddings.
         super().build(inputs_shape)
-        num_features = len(self.item_features) + len(self.interaction_features)
-        self.feature_fusion_layer = self.make_embedding_fusion(
-            self.feature_fusion, num_features, "feature_fusion", self.gate_scorer
+        self.build_feature_tower(
+            len(self.item_features) + len(self.interaction_features),
+            self.feature_fusion,
+            self.gate_scorer,
+            share_layer_norm=self.share_layer_norm,
         )
-        self.feature_dropout = self.make_dropout("feature_dropout")
-        self.feature_transformer_layers = self.build_transformer_layers(
-            "feature_transformer_layer", custom_attention=False
-        )
-        self.tower_fusion = self.make_embedding_fusion("concat", 2, "tower_fusion")
-        self.output_dropout = self.make_dropout("output_dropout")
-        if not self.share_layer_norm:
-            self.feature_layer_norm = self.make_layer_norm("feature_layer_norm")
-            self.output_layer_norm = self.make_layer_norm("output_layer_norm")
         self.built = True
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
         item_hidden = super().call(inputs, training=training)["sequence_output"]
-
         mask = padding_mask(inputs["item_ids"])
-        features = self.feature_fusion_layer(self.side_embedding_list(inputs))
-        feature_layer_norm = self.embeddings_layer_norm if self.share_layer_norm else self.feature_layer_norm
-        x = feature_layer_norm(features + self.position_embedding(mask))
-        x = self.feature_dropout(x, training=training)
-        causal_mask = attention_mask(mask, causal=True)
-        for block in self.feature_transformer_layers:
-            x = block(x, attention_mask=causal_mask, training=training)
-
-        output_layer_norm = self.embeddings_layer_norm if self.share_layer_norm else self.output_layer_norm
-        fused = output_layer_norm(self.tower_fusion([item_hidden, x]))
-        return {"sequence_output": self.output_dropout(fused, training=training)}
+        output = self.feature_tower_output(
+            item_hidden, self.side_embedding_list(inputs), self.position_embedding(mask), mask, training
+        )
+        return {"sequence_output": output}
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -15,6 +15,9 @@ from tfsidefuse.layers.side_fused_attention import SideFusedAttention
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
 
 ENTRY_POINTS = ("embedding", "query_key", "attention_score", "late")
+#: Version of the weight names, in `get_config`: 2 since the late features use FDSA's feature tower
+#: (`feature_*`, `tower_fusion`); configs without it name the tower's weights otherwise.
+WEIGHTS_LAYOUT = 2
 #: The key of `entry_points` for the position; it cannot enter late (a feature tower has no item order otherwise).
 POSITION = "position"
 POSITION_ENTRY_POINTS = ("embedding", "query_key", "attention_score")
@@ -45,9 +48,11 @@ class SideFuseBackbone(SideFeatureBackbone):
     - `"attention_score"` (DIF-SR, COMIF's behaviours): its own score map
       `(f W^Q_f)(f W^K_f)^T` (width `attribute_hidden_dim`), fused with the
       item map `(H~ W^Q)(H~ W^K)^T` by `F_s` before the softmax.
-    - `"late"` (FDSA): a feature tower of `late_num_layers` causal
-      `TransformerBlock`s over `G^0 = Dropout(LN(F_emb(f..) + P))` (no
-      fusion for a single feature), joined at the output,
+    - `"late"` (FDSA): FDSA's feature tower (`build_feature_tower`, the
+      same code as `FDSABackbone`, with its own LayerNorms) of
+      `late_num_layers` causal `TransformerBlock`s over
+      `G^0 = Dropout(LN(F_emb(f..) + P))` (a single feature enters as it is
+      under `"add"` and `"gate"` fusion), joined at the output,
       `H = Dropout(LN([H^L || G^L] W^o + b^o))`.
 
     Every layer `l` is a post-LN `TransformerBlock` around a
@@ -289,16 +294,7 @@ class SideFuseBackbone(SideFeatureBackbone):
         super().build(inputs_shape)
         late = self.features_at("late")
         if late:
-            if len(late) > 1:
-                self.late_fusion = self.make_embedding_fusion(self.fusion, len(late), "late_fusion", self.gate_scorer)
-            self.late_layer_norm = self.make_layer_norm("late_layer_norm")
-            self.late_dropout = self.make_dropout("late_dropout")
-            self.late_transformer_layers = self.build_transformer_layers(
-                "late_transformer_layer", num_layers=self.late_num_layers, custom_attention=False
-            )
-            self.output_fusion = self.make_embedding_fusion("concat", 2, "output_fusion", self.gate_scorer)
-            self.output_layer_norm = self.make_layer_norm("output_layer_norm")
-            self.output_dropout = self.make_dropout("output_dropout")
+            self.build_feature_tower(len(late), self.fusion, self.gate_scorer, num_layers=self.late_num_layers)
         self.built = True
 
     def set_item_feature_tables(self, tables: Mapping[str, Any]) -> None:
@@ -357,17 +353,29 @@ class SideFuseBackbone(SideFeatureBackbone):
             )
         if not late:
             return {"sequence_output": x}
-        y = self.late_fusion([side[name] for name in late]) if len(late) > 1 else side[late[0]]
-        y = self.late_dropout(self.late_layer_norm(y + position), training=training)
-        for block in self.late_transformer_layers:
-            y = block(y, attention_mask=causal_mask, training=training)
-        fused = self.output_layer_norm(self.output_fusion([x, y]))
-        return {"sequence_output": self.output_dropout(fused, training=training)}
+        output = self.feature_tower_output(x, [side[name] for name in late], position, mask, training)
+        return {"sequence_output": output}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SideFuseBackbone:
+        config = dict(config)
+        if config.pop("weights_layout", None) != WEIGHTS_LAYOUT:
+            # Written before the feature tower was FDSA's: its weights had other names and would not load.
+            backbone = cls(**config)
+            if backbone.features_at("late"):
+                raise ValueError(
+                    "This SideFuseBackbone config was saved by tfsidefuse 0.2.0 or earlier with late features "
+                    f"{backbone.features_at('late')}: their tower's weights were stored under other names and "
+                    "cannot be loaded. Train the model again."
+                )
+            return backbone
+        return cls(**config)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
+                "weights_layout": WEIGHTS_LAYOUT,
                 "entry_points": dict(self.entry_points),
                 "default_entry": self.default_entry,
                 "preset": self.preset,
