@@ -21,9 +21,12 @@ demo: $(STAMP)
 # The second run: the layer, backbone and task checks (forward, symbolic call, fit steps, save/reload) under JAX.
 JAX_TESTS := tests/layers tests/models -k "behaviors or mask_token_embedding_layer or fit or gradient_flows or padding_gets_no_gradient or all_positions_logits_and_loss"
 
+# Two pytest processes (one per core of a small CI machine); `--dist loadfile` keeps each file's fixtures in one.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
-	KERAS_BACKEND=jax JAX_PLATFORMS=cpu $(BIN)/python -m pytest $(JAX_TESTS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+	KERAS_BACKEND=jax JAX_PLATFORMS=cpu $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(JAX_TESTS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m ""

@@ -35,6 +35,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.6",  # `make test` runs the suite in two processes
             "ruff>=0.6",
             "tensorflow-datasets>=4.9",
             "nbclient>=0.10",
