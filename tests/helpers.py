@@ -516,3 +516,26 @@ def np_attention_mask(item_ids: np.ndarray, causal: bool = True) -> np.ndarray:
             for j in range(t):
                 mask[n, i, j] = item_ids[n, j] != 0 and (j <= i or not causal)
     return mask
+
+
+def assert_old_config_key_loads(obj: Any, old_key: str, new_key: str) -> Any:
+    """A config saved under an argument's former name builds the same object, directly and through Keras.
+
+    Args:
+        obj: a built layer or model whose config holds `new_key`.
+        old_key: the name the argument had in an older version.
+        new_key: its current name.
+
+    Returns:
+        The object restored from the old config.
+    """
+    config = obj.get_config()
+    old_config = {(old_key if key == new_key else key): value for key, value in config.items()}
+    assert new_key not in old_config and old_config[old_key] == config[new_key]
+    restored = type(obj).from_config(old_config)
+    assert restored.get_config() == config
+    # The same through Keras deserialization, as when a saved model is loaded.
+    serialized = keras.saving.serialize_keras_object(obj)
+    serialized["config"] = old_config
+    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+    return restored

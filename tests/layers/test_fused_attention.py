@@ -8,6 +8,7 @@ from helpers import (
     ITEM_IDS,
     REAL,
     assert_gradients_reach_every_weight,
+    assert_old_config_key_loads,
     hidden_inputs,
     np_attention_mask,
     np_dense,
@@ -325,16 +326,8 @@ def test_invalid_arguments(kwargs, bad):
 def test_config_with_the_old_score_scaling_key_loads():
     """Version 0.2.0 saved `score_scale` as `score_scaling`; such a config still builds the same layer."""
     layer = FusedAttention(8, 2, num_attribute_inputs=2, score_scale="double_head_dim")
-    config = layer.get_config()
-    old_config = {("score_scaling" if key == "score_scale" else key): value for key, value in config.items()}
-    assert "score_scale" not in old_config and old_config["score_scaling"] == "double_head_dim"
-    restored = FusedAttention.from_config(old_config)
+    restored = assert_old_config_key_loads(layer, "score_scaling", "score_scale")
     assert restored.score_scale == "double_head_dim"
-    assert restored.get_config() == config
-    # The same through Keras deserialization, as when a saved model is loaded.
-    serialized = keras.layers.serialize(layer)
-    serialized["config"] = old_config
-    assert keras.layers.deserialize(serialized).get_config() == config
 
 
 def test_returns_the_item_path_attention_probabilities():

@@ -14,6 +14,7 @@ from helpers import (
     assert_fit_trains,
     assert_gradients_reach_every_weight,
     assert_item_feature_tables,
+    assert_old_config_key_loads,
     assert_padding_invariant,
     gradients,
     item_feature_tables,
@@ -436,17 +437,8 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path, kwargs):
 
 def test_config_with_the_old_score_scaling_key_loads():
     """Version 0.2.0 saved `score_scale` as `score_scaling`; such a config still builds the same backbone."""
-    backbone = _backbone(score_scale="double_head_dim")
-    config = backbone.get_config()
-    old_config = {("score_scaling" if key == "score_scale" else key): value for key, value in config.items()}
-    assert "score_scale" not in old_config and old_config["score_scaling"] == "double_head_dim"
-    restored = ASIFBackbone.from_config(old_config)
+    restored = assert_old_config_key_loads(_backbone(score_scale="double_head_dim"), "score_scaling", "score_scale")
     assert restored.score_scale == "double_head_dim"
-    assert restored.get_config() == config
-    # The same through Keras deserialization, as when a saved model is loaded.
-    serialized = keras.saving.serialize_keras_object(backbone)
-    serialized["config"] = old_config
-    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
 
 
 def test_fit_with_an_interaction_feature():

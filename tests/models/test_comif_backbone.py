@@ -15,6 +15,7 @@ from helpers import (
     assert_fit_trains,
     assert_gradients_reach_every_weight,
     assert_item_feature_tables,
+    assert_old_config_key_loads,
     assert_padding_invariant,
     item_feature_tables,
     np_attention_mask,
@@ -519,17 +520,7 @@ def test_save_and_reload_keeps_predictions_and_tables(tmp_path):
 
 def test_config_with_the_old_attention_scale_key_loads():
     """Version 0.2.0 saved `score_scale` as `attention_scale`; such a config still builds the same backbone."""
-    backbone = _backbone(score_scale="hidden_dim")
-    config = backbone.get_config()
-    old_config = {("attention_scale" if key == "score_scale" else key): value for key, value in config.items()}
-    assert "score_scale" not in old_config and old_config["attention_scale"] == "hidden_dim"
-    restored = COMIFBackbone.from_config(old_config)
-    assert restored.score_scale == "hidden_dim"
-    assert restored.get_config() == config
-    # The same through Keras deserialization, as when a saved model is loaded.
-    serialized = keras.saving.serialize_keras_object(backbone)
-    serialized["config"] = old_config
-    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+    restored = assert_old_config_key_loads(_backbone(score_scale="hidden_dim"), "attention_scale", "score_scale")
     # The attention layers get the scale.
     assert restored.block_attention(0).score_scale == "hidden_dim"
 

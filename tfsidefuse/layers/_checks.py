@@ -76,3 +76,22 @@ def get_initializer(initializer: Any) -> keras.initializers.Initializer:
     if initializer is None:
         initializer = keras.initializers.RandomNormal(stddev=0.02)
     return keras.initializers.get(initializer)
+
+
+def rename_config_keys(config: dict[str, Any], renames: dict[str, str]) -> dict[str, Any]:
+    """A copy of a saved config with its old argument names replaced by the current ones.
+
+    Args:
+        config: the config dict of a saved layer or model.
+        renames: old name -> current name; a current name already in
+            `config` wins over its old one.
+
+    Returns:
+        The renamed copy.
+    """
+    config = dict(config)
+    for old, new in renames.items():
+        if old in config:
+            value = config.pop(old)
+            config.setdefault(new, value)
+    return config

@@ -16,6 +16,7 @@ from tfsidefuse.layers._checks import (
     check_rate,
     get_initializer,
     is_positive_int,
+    rename_config_keys,
 )
 from tfsidefuse.layers.attention_core import attend, disallowed_mask, dot_product_logits, split_heads
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS, EmbeddingFusion
@@ -396,7 +397,4 @@ class FusedAttention(keras.layers.Layer):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> FusedAttention:
         # Version 0.2.0 saved `score_scale` under the name `score_scaling`.
-        config = dict(config)
-        if "score_scaling" in config:
-            config.setdefault("score_scale", config.pop("score_scaling"))
-        return super().from_config(config)
+        return super().from_config(rename_config_keys(config, {"score_scaling": "score_scale"}))

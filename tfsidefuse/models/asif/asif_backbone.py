@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from tfsidefuse.layers._checks import check_choice, check_positive_int
+from tfsidefuse.layers._checks import check_choice, check_positive_int, rename_config_keys
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
 from tfsidefuse.layers.fused_attention import ATTENTION_MODES, HIE_ACTIVATIONS, SCORE_SCALES, FusedAttention
 from tfsidefuse.layers.masks import attention_mask, padding_mask
@@ -396,7 +396,4 @@ class ASIFBackbone(SideFeatureBackbone):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ASIFBackbone:
         # Version 0.2.0 saved `score_scale` under the name `score_scaling`.
-        config = dict(config)
-        if "score_scaling" in config:
-            config.setdefault("score_scale", config.pop("score_scaling"))
-        return super().from_config(config)
+        return super().from_config(rename_config_keys(config, {"score_scaling": "score_scale"}))

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfsidefuse.layers._checks import check_choice
+from tfsidefuse.layers._checks import check_choice, rename_config_keys
 from tfsidefuse.layers.decoupled_attention import SCORE_FUSIONS, SCORE_SCALES, DecoupledAttention
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
 from tfsidefuse.layers.masks import attention_mask, padding_mask
@@ -294,7 +294,4 @@ class COMIFBackbone(SideFeatureBackbone):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> COMIFBackbone:
         # Version 0.2.0 saved `score_scale` under the name `attention_scale`.
-        config = dict(config)
-        if "attention_scale" in config:
-            config.setdefault("score_scale", config.pop("attention_scale"))
-        return super().from_config(config)
+        return super().from_config(rename_config_keys(config, {"attention_scale": "score_scale"}))
