@@ -22,10 +22,13 @@ demo: $(STAMP)
 JAX_TESTS := tests/layers tests/models -k "behaviors or mask_token_embedding_layer or fit or gradient_flows or padding_gets_no_gradient or all_positions_logits_and_loss"
 
 # Two pytest processes (one per core of a small CI machine); `--dist loadfile` keeps each file's fixtures in one.
+# The `processes` tests (workers and devices meeting in collectives) run afterwards in one process, with the cores
+# to themselves: beside another test, one participant can miss a collective's timeout.
 PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow and not gpu and not processes"
+	$(BIN)/python -m pytest -m "processes and not slow and not gpu"
 	KERAS_BACKEND=jax JAX_PLATFORMS=cpu $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(JAX_TESTS)
 
 test-all: $(STAMP)

@@ -18,6 +18,10 @@ import tfsidefuse
 from tfsidefuse.config import ConfigError
 from tfsidefuse.training import distribution, trainer
 
+# The workers and devices of these tests meet in collectives: a test running beside them on the same cores can hold
+# one participant back past a collective's timeout, so `make test` runs this file alone (see the Makefile).
+pytestmark = pytest.mark.processes
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 RUNNER = os.path.join(HERE, "distributed_run.py")
