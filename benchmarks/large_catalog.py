@@ -88,17 +88,19 @@ def paths(out: str, size: int) -> dict:
     }
 
 
-def run_config(out: str, size: int, model: str, negatives: int, seed: int):
+def run_config(out: str, size: int, model: str, negatives: int, seed: int, optimizer: str = "adam"):
     from tfsidefuse.config import RunConfig
 
     p = paths(out, size)
+    run_name = model if optimizer == "adam" else f"{model}-{optimizer}"
     return RunConfig.from_dict(
         {
             "dataset": {"source": "recbole", "path": p["raw"], "prepared_dir": p["prepared"], "max_len": MAX_LEN},
             "model": {"name": model, **MODELS[model]},
             "training": {
-                "run_dir": os.path.join(p["runs"], model),
+                "run_dir": os.path.join(p["runs"], run_name),
                 "batch_size": BATCH_SIZE,
+                "optimizer": optimizer,
                 "loss": "sampled_softmax",
                 "num_negatives": negatives,
                 "negative_sampler": "uniform",
@@ -182,7 +184,7 @@ def child_train(args) -> dict:
     from tfsidefuse.training import trainer
 
     limit_threads()
-    config = run_config(args.out, args.size, args.model, args.negatives, args.seed)
+    config = run_config(args.out, args.size, args.model, args.negatives, args.seed, args.optimizer)
     prepared = PreparedDataset.open(config.dataset.prepared_dir)
     keras.utils.set_random_seed(args.seed)
     train_ds, _ = trainer.training_datasets(config, prepared)
@@ -351,8 +353,9 @@ CHILDREN = {"data": child_data, "train": child_train, "eval": child_eval, "expor
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def spawn(phase: str, args, size: int, model: str | None) -> dict:
+def spawn(phase: str, args, size: int, model: str | None, optimizer: str = "adam") -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--child", phase, "--size", str(size), "--out", args.out]
+    command += ["--optimizer", optimizer]
     command += ["--seed", str(args.seed), "--negatives", str(args.negatives), "--steps", str(args.steps)]
     command += ["--warmup", str(args.warmup), "--eval-users", str(args.eval_users)]
     command += ["--item-block", str(args.item_block), "--requests", str(args.requests)]
@@ -397,6 +400,13 @@ def measure(args, results: dict) -> None:
                 if args.force or phase not in runs:
                     print(f"[items {size}] {model}: {phase}", flush=True)
                     runs[phase] = spawn(phase, args, size, model)
+                    save_results(args.out, results)
+            # The other optimizers: training steps only (evaluation and serving read the Adam run's model).
+            for optimizer in args.optimizers:
+                key = f"train_{optimizer}"
+                if optimizer != "adam" and (args.force or key not in runs):
+                    print(f"[items {size}] {model}: train with {optimizer}", flush=True)
+                    runs[key] = spawn("train", args, size, model, optimizer)
                     save_results(args.out, results)
 
 
@@ -453,6 +463,21 @@ def report(args, results: dict) -> None:
                 f"| {int(s):,} | {model} | {b['item_embedding'] / MB:.1f} | {b['item_feature_lookup'] / MB:.1f} "
                 f"| {b['attribute_tables'] / MB:.1f} | {slots / MB:.1f} | {rest / MB:.1f} | {t['peak_rss_gb']:.2f} |"
             )
+    print("\nTraining step (ms) by optimizer, and its growth from the smallest catalogue")
+    optimizers = ["adam", *[o for o in args.optimizers if o != "adam"]]
+    print("| items | model | " + " | ".join(f"{o} step (ms) | {o} x" for o in optimizers) + " |")
+    print("|---:|---|" + "---:|---:|" * len(optimizers))
+    small_size = str(min(args.sizes))
+    for s in sizes:
+        for model in args.models:
+            cells = []
+            for o in optimizers:
+                key = "train" if o == "adam" else f"train_{o}"
+                t = results[s].get(model, {}).get(key)
+                base = results.get(small_size, {}).get(model, {}).get(key)
+                cells.append(f"{t['step_s'] * 1000:.0f}" if t else "–")
+                cells.append(f"{t['step_s'] / base['step_s']:.2f}" if t and base else "–")
+            print(f"| {int(s):,} | {model} | " + " | ".join(cells) + " |")
     print("\nTargets")
     top, small = str(max(args.sizes)), str(min(args.sizes))
 
@@ -464,13 +489,15 @@ def report(args, results: dict) -> None:
         if "train" in r:
             rss = r["train"]["peak_rss_gb"]
             print(f"- {model}: training peak RSS at {int(top):,} items {rss:.2f} GB (<= 12 GB: {verdict(rss <= 12)})")
-        base = results.get(small, {}).get(model, {}).get("train")
-        if "train" in r and base and top != small:
-            ratio = r["train"]["step_s"] / base["step_s"]
-            print(
-                f"- {model}: step time at {int(top):,} / {int(small):,} items = {ratio:.2f}x "
-                f"(<= 1.5x: {verdict(ratio <= 1.5)})"
-            )
+        for o in optimizers:
+            key = "train" if o == "adam" else f"train_{o}"
+            base = results.get(small, {}).get(model, {}).get(key)
+            if key in r and base and top != small:
+                ratio = r[key]["step_s"] / base["step_s"]
+                print(
+                    f"- {model} ({o}): step time at {int(top):,} / {int(small):,} items = {ratio:.2f}x "
+                    f"(<= 1.5x: {verdict(ratio <= 1.5)})"
+                )
         if "eval" in r:
             e = r["eval"]
             print(
@@ -494,6 +521,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--negatives", type=int, default=1024, help="sampled negatives per step")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=["adam"],
+        choices=["adam", "lazy_adam"],
+        help="optimizers whose training steps are timed (evaluation and serving use the adam run)",
+    )
+    parser.add_argument("--optimizer", default="adam", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first")
     parser.add_argument("--min-users", type=int, default=100_000, help="users: the larger of this and the items")
     parser.add_argument("--eval-users", type=int, default=100_000, help="users of the evaluated test split")

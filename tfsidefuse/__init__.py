@@ -23,6 +23,7 @@ from tfsidefuse.errors import ConfigError, DataError, PreparedDataError, RunDirE
 from tfsidefuse.models import MaskedItemModel, NextItemModel  # noqa: E402
 from tfsidefuse.models.registry import BACKBONES, build_model  # noqa: E402
 from tfsidefuse.presets import preset_names  # noqa: E402
+from tfsidefuse.training.optimizers import LazyAdam  # noqa: E402
 from tfsidefuse.version import __version__  # noqa: E402
 
 #: Public names defined in modules that need TensorFlow (data pipelines, training loop, export), by module.
@@ -59,6 +60,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "InputEncoder",
+    "LazyAdam",
     "MaskedItemModel",
     "NextItemModel",
     "PreparedDataError",

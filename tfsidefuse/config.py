@@ -24,6 +24,7 @@ LR_SCHEDULES = ("constant", "cosine")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 LOSSES = ("full_softmax", "sampled_softmax")
+OPTIMIZERS = ("adam", "lazy_adam")
 NEGATIVE_SAMPLERS = ("in_batch", "uniform", "log_uniform", "popularity")
 #: Defaults of the sampled-softmax options (``null`` in a config means the default).
 DEFAULT_NUM_NEGATIVES = 100
@@ -165,6 +166,12 @@ class TrainingConfig:
         batch_size: training examples per batch.
         eval_batch_size: evaluation examples per batch.
         learning_rate: Adam learning rate.
+        optimizer: ``adam`` (default, ``keras.optimizers.Adam``) or
+            ``lazy_adam`` (``tfsidefuse.LazyAdam``: the rows of an embedding
+            table that a step gathered are updated, with their moments, and the
+            others left as they are, so a step's cost does not grow with the
+            catalogue; for ``sampled_softmax`` on large catalogues; the same as
+            ``adam`` under the JAX backend, whose gradients are dense).
         weight_decay: decoupled weight decay of Adam (AdamW; 0 = none, as the
             papers); biases and layer-norm scales and offsets are not decayed.
         reduce_lr_factor: multiply the learning rate by this factor (in
@@ -246,6 +253,7 @@ class TrainingConfig:
     batch_size: int = 256
     eval_batch_size: int = 512
     learning_rate: float = 1e-3
+    optimizer: str = "adam"
     weight_decay: float = 0.0
     reduce_lr_factor: float | None = None
     reduce_lr_patience: int = 3
@@ -290,6 +298,7 @@ class TrainingConfig:
             _positive("training.steps_per_epoch", self.steps_per_epoch)
         if not self.learning_rate > 0:
             raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate!r}")
+        _one_of("training.optimizer", self.optimizer, OPTIMIZERS)
         if not self.weight_decay >= 0:
             raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.reduce_lr_factor is not None and not 0 < self.reduce_lr_factor < 1:

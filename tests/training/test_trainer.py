@@ -187,8 +187,9 @@ def test_speed_options_train_to_the_same_kind_of_model(tmp_path, options):
     assert result.metrics["valid"]["hr@20"] > 0.1
 
 
-def test_weight_decay_spares_biases_and_layer_norms(tmp_path):
-    config = small_config(tmp_path, weight_decay=0.5, learning_rate=0.1)
+@pytest.mark.parametrize("optimizer", ["adam", "lazy_adam"])
+def test_weight_decay_spares_biases_and_layer_norms(tmp_path, optimizer):
+    config = small_config(tmp_path, weight_decay=0.5, learning_rate=0.1, optimizer=optimizer)
     model = trainer.create_model(config, trainer.prepare(config))
     optimizer = model.optimizer
     variables = model.trainable_variables

@@ -27,6 +27,7 @@ from tfsidefuse.evaluation import evaluate_model, evaluate_most_popular, item_po
 from tfsidefuse.models.registry import BACKBONES, build_model, is_cloze
 from tfsidefuse.training import distribution
 from tfsidefuse.training.callbacks import HISTORY_PARTIAL_FILE, TrainingTimer, default_callbacks
+from tfsidefuse.training.optimizers import LazyAdam
 
 logger = logging.getLogger(__name__)
 
@@ -227,15 +228,17 @@ def make_sampled_softmax(training_config, prepared: PreparedDataset):
 
 
 def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Optimizer:
-    """Adam with the config's learning rate and decoupled weight decay (none by default, as the papers).
+    """Adam (or ``LazyAdam``) with the config's learning rate and decoupled weight decay (none by default).
 
     With ``weight_decay`` > 0 (AdamW), biases and layer-norm parameters are not
     decayed; embedding tables and kernels are. With ``ema_momentum`` the
     optimizer also keeps the moving average of the weights (Keras' ``use_ema``).
+    ``optimizer: lazy_adam`` updates only the gathered rows of embedding tables.
     """
     t = training_config
     ema = {"use_ema": True, "ema_momentum": t.ema_momentum} if t.ema_momentum is not None else {}
-    optimizer = keras.optimizers.Adam(learning_rate=t.learning_rate, weight_decay=t.weight_decay or None, **ema)
+    adam = LazyAdam if t.optimizer == "lazy_adam" else keras.optimizers.Adam
+    optimizer = adam(learning_rate=t.learning_rate, weight_decay=t.weight_decay or None, **ema)
     if t.weight_decay:
         optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if v.name in NOT_DECAYED])
     return optimizer
