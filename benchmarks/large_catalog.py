@@ -401,13 +401,21 @@ def measure(args, results: dict) -> None:
                     print(f"[items {size}] {model}: {phase}", flush=True)
                     runs[phase] = spawn(phase, args, size, model)
                     save_results(args.out, results)
-            # The other optimizers: training steps only (evaluation and serving read the Adam run's model).
+            # The other optimizers (and Adam again, side by side with them): training steps only (evaluation and
+            # serving read the model of the Adam run above).
             for optimizer in args.optimizers:
                 key = f"train_{optimizer}"
-                if optimizer != "adam" and (args.force or key not in runs):
+                if (optimizer != "adam" or len(args.optimizers) > 1) and (args.force or key not in runs):
                     print(f"[items {size}] {model}: train with {optimizer}", flush=True)
                     runs[key] = spawn("train", args, size, model, optimizer)
                     save_results(args.out, results)
+
+
+def train_key(results: dict, optimizer: str) -> str:
+    """The results key of an optimizer's training steps: Adam's side-by-side run where there is one."""
+    key = f"train_{optimizer}"
+    timed = any(key in entry.get(m, {}) for entry in results.values() for m in MODELS)
+    return key if timed or optimizer != "adam" else "train"
 
 
 def report(args, results: dict) -> None:
@@ -472,7 +480,7 @@ def report(args, results: dict) -> None:
         for model in args.models:
             cells = []
             for o in optimizers:
-                key = "train" if o == "adam" else f"train_{o}"
+                key = train_key(results, o)
                 t = results[s].get(model, {}).get(key)
                 base = results.get(small_size, {}).get(model, {}).get(key)
                 cells.append(f"{t['step_s'] * 1000:.0f}" if t else "–")
@@ -490,7 +498,7 @@ def report(args, results: dict) -> None:
             rss = r["train"]["peak_rss_gb"]
             print(f"- {model}: training peak RSS at {int(top):,} items {rss:.2f} GB (<= 12 GB: {verdict(rss <= 12)})")
         for o in optimizers:
-            key = "train" if o == "adam" else f"train_{o}"
+            key = train_key(results, o)
             base = results.get(small, {}).get(model, {}).get(key)
             if key in r and base and top != small:
                 ratio = r[key]["step_s"] / base["step_s"]
@@ -526,7 +534,8 @@ def main(argv=None) -> int:
         nargs="+",
         default=["adam"],
         choices=["adam", "lazy_adam"],
-        help="optimizers whose training steps are timed (evaluation and serving use the adam run)",
+        help="optimizers whose training steps are timed; with more than one, adam is timed again beside the others "
+        "(evaluation and serving use the first adam run)",
     )
     parser.add_argument("--optimizer", default="adam", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first")
