@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfsidefuse.layers._checks import check_positive_int, get_initializer
+from tfsidefuse.layers.rows import take_rows
 
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
@@ -75,7 +76,7 @@ class ItemEmbedding(keras.layers.Layer):
         if reverse:
             logits = ops.matmul(inputs, ops.transpose(ops.cast(self.embeddings, inputs.dtype)))
             return ops.cast(logits, "float32")
-        return ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
+        return take_rows(self.embeddings, ops.cast(inputs, "int32"))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

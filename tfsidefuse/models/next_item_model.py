@@ -11,6 +11,7 @@ from keras import ops
 from tfsidefuse import replicas
 from tfsidefuse.config import OBJECTIVES
 from tfsidefuse.data.schema import NUM_RESERVED_IDS, OOV_ID, PAD_ID
+from tfsidefuse.layers.rows import take_rows
 from tfsidefuse.layers.sampled_softmax import SampledSoftmax
 from tfsidefuse.losses import NextItemCrossEntropy
 from tfsidefuse.metrics import ranking_metrics, shared_ranks
@@ -278,7 +279,7 @@ class NextItemModel(keras.Model):
     def score_item_ids(self, vectors: Any, item_ids: Any, table: Any = None) -> Any:
         """Float32 scores of scoring vectors `[n, d]` against the items `item_ids [k]`, shared by the rows, `[n, k]`."""
         table = self.backbone.item_table() if table is None else table
-        rows = ops.cast(ops.take(table, item_ids, axis=0), vectors.dtype)
+        rows = ops.cast(take_rows(table, item_ids), vectors.dtype)
         scores = ops.cast(ops.matmul(vectors, ops.transpose(rows)), "float32")
         bias = self.item_bias()
         return scores if bias is None else scores + ops.take(bias, item_ids, axis=0)
@@ -286,7 +287,7 @@ class NextItemModel(keras.Model):
     def score_targets(self, vectors: Any, item_ids: Any, table: Any = None) -> Any:
         """Float32 score of each scoring vector `[n, d]` against its own item `item_ids [n]`, `[n]`."""
         table = self.backbone.item_table() if table is None else table
-        rows = ops.cast(ops.take(table, item_ids, axis=0), vectors.dtype)
+        rows = ops.cast(take_rows(table, item_ids), vectors.dtype)
         scores = ops.cast(ops.einsum("nd,nd->n", vectors, rows), "float32")
         bias = self.item_bias()
         return scores if bias is None else scores + ops.take(bias, item_ids, axis=0)

@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfsidefuse.layers.rows import take_rows
+
 
 @keras.saving.register_keras_serializable(package="tfsidefuse")
 class LazyAdam(keras.optimizers.Adam):
@@ -109,11 +111,11 @@ class LazyAdam(keras.optimizers.Adam):
         alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-        m_rows = ops.take(m, indices, axis=0)
-        v_rows = ops.take(v, indices, axis=0)
+        m_rows = take_rows(m, indices)
+        v_rows = take_rows(v, indices)
         m_rows = m_rows + (values - m_rows) * (1 - self.beta_1)
         v_rows = v_rows + (ops.square(values) - v_rows) * (1 - self.beta_2)
-        w_rows = ops.take(variable, indices, axis=0)
+        w_rows = take_rows(variable, indices)
         if decay:
             w_rows = w_rows - w_rows * (lr * decay)
         w_rows = w_rows - m_rows * alpha / (ops.sqrt(v_rows) + self.epsilon)
