@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/tfsidefuse run --config configs/demo/sasrec.yaml --config configs/demo/sasrec_f.yaml
 
 # The second run: the layer, backbone and task checks (forward, symbolic call, fit steps, save/reload) under JAX.
-JAX_TESTS := tests/layers tests/models -k "behaviors or mask_token_embedding_layer or fit or gradient_flows or padding_gets_no_gradient or all_positions_logits_and_loss"
+JAX_TESTS := tests/layers tests/models -k "behaviors or rows_of_a_variable or mask_token_embedding_layer or fit or gradient_flows or padding_gets_no_gradient or all_positions_logits_and_loss"
 
 # Two pytest processes (one per core of a small CI machine); `--dist loadfile` keeps each file's fixtures in one.
 # The `processes` tests (workers and devices meeting in collectives) run afterwards in one process, with the cores
