@@ -10,6 +10,7 @@ from keras import ops
 from tfsidefuse.data.schema import NUM_RESERVED_IDS
 from tfsidefuse.layers._checks import check_choice, check_positive_int
 from tfsidefuse.layers.masks import padding_mask
+from tfsidefuse.layers.rows import take_rows
 from tfsidefuse.models.auxiliary_head import AuxiliaryHead
 
 IAA_SCOPES = ("batch", "all_items")
@@ -233,7 +234,7 @@ class COMIFAlignmentHead(AuxiliaryHead):
         labels = ops.cast(labels, "int32")
         if len(labels.shape) == 1:
             hidden, negatives = hidden[:, -1], negatives[:, :, -1]
-        targets = ops.take(ops.cast(backbone.item_table(), "float32"), labels, axis=0)  # e_y
+        targets = ops.cast(take_rows(backbone.item_table(), labels), "float32")  # e_y
         positive = ops.sum(targets * ops.cast(hidden, "float32"), axis=-1)
         negative = ops.sum(targets[None] * ops.cast(negatives, "float32"), axis=-1)  # [k, ...]
         logits = ops.concatenate([positive[None], negative], axis=0)
