@@ -22,6 +22,7 @@ SOURCES = ("demo", "s3rec", "recbole", "tfds", "csv", "parquet", "prepared")
 OBJECTIVES = ("all_positions", "all_targets", "prefix")
 LR_SCHEDULES = ("constant", "cosine")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
+INPUT_SHARDINGS = ("auto", "files", "data")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 LOSSES = ("full_softmax", "sampled_softmax")
 OPTIMIZERS = ("adam", "lazy_adam")
@@ -228,6 +229,15 @@ class TrainingConfig:
             ``tf.distribute.MultiWorkerMirroredStrategy``), both on the
             TensorFlow backend; ``batch_size`` stays the global batch
             (docs/scaling.md).
+        input_sharding: how the workers of ``multi_worker`` (TensorFlow
+            backend) split the training data: ``files`` (each worker reads
+            only its own shard files of the prepared dataset; the workers'
+            batches then differ from one process's), ``data`` (every worker
+            reads the whole stream and keeps its part of each global batch: the
+            batches of one process), or ``auto`` (default: ``files`` when the
+            prepared dataset has at least one training shard per worker, else
+            ``data``). Validation and test always use ``data``, and JAX's
+            multi-process runs always do.
         devices: the devices of ``mirrored`` (e.g. ``["/gpu:0", "/gpu:1"]``);
             default every GPU of the host, else its CPU.
         loss: ``full_softmax`` (default, also written ``null``: every item in the softmax) or
@@ -281,6 +291,7 @@ class TrainingConfig:
     hard_negatives: int | None = None
     eval_item_block: int | None = None
     distribution: str | None = None
+    input_sharding: str = "auto"
     devices: list[str] | None = None
 
     def validate(self) -> None:
@@ -345,6 +356,7 @@ class TrainingConfig:
     def _validate_distribution(self) -> None:
         if self.distribution is not None:
             _one_of("training.distribution", self.distribution, DISTRIBUTIONS)
+        _one_of("training.input_sharding", self.input_sharding, INPUT_SHARDINGS)
         devices = self.devices
         if devices is None:
             return

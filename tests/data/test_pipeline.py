@@ -362,3 +362,19 @@ def test_all_targets_covers_every_movielens_target(tmp_path):
     assert counted("all_positions") == (943, 38762)
     assert counted("all_targets") == (3564, 97171)
     assert counted("prefix") == (97171, 97171)
+
+
+def test_file_shards_split_the_examples_between_workers(varied):
+    """`file_shard=(workers, index)`: each worker reads its own shard files; together every example once, no count
+    declared (the statistics count every file)."""
+    whole = _examples(make_dataset(varied, "train", objective="all_positions", batch_size=4, shuffle=False))
+    parts = [
+        make_dataset(varied, "train", objective="all_positions", batch_size=4, shuffle=False, file_shard=(2, i))
+        for i in range(2)
+    ]
+    examples = [_examples(p) for p in parts]
+    assert examples[0] and examples[1]
+    assert sorted(examples[0] + examples[1]) == whole
+    assert all(p.cardinality().numpy() == tf.data.UNKNOWN_CARDINALITY for p in parts)
+    options = parts[0].options().experimental_distribute.auto_shard_policy
+    assert options == tf.data.experimental.AutoShardPolicy.OFF

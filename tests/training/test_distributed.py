@@ -16,6 +16,8 @@ import yaml
 
 import tfsidefuse
 from tfsidefuse.config import ConfigError
+from tfsidefuse.data.pipeline import make_dataset
+from tfsidefuse.evaluation import evaluate_model
 from tfsidefuse.training import distribution, trainer
 
 # The workers and devices of these tests meet in collectives: a test running beside them on the same cores can hold
@@ -101,11 +103,16 @@ def tf_config(ports: list[int], index: int) -> str:
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
 
 
-def start_workers(config_path: str, ports: list[int]) -> list[subprocess.Popen]:
+def start_workers(config_path: str, ports: list[int], steps_dir=None) -> list[subprocess.Popen]:
+    """One worker process per port; with ``steps_dir`` each writes its steps per epoch to ``steps-<i>.json`` there."""
+    steps = [
+        {"TFSIDEFUSE_TEST_STEPS": os.path.join(steps_dir, f"steps-{i}.json")} if steps_dir else {}
+        for i in range(len(ports))
+    ]
     return [
         subprocess.Popen(
             [sys.executable, RUNNER, config_path],
-            env=environment(TF_CONFIG=tf_config(ports, i)),
+            env=environment(TF_CONFIG=tf_config(ports, i), **steps[i]),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -174,7 +181,8 @@ def test_mirrored_over_two_devices_matches_one_process(one_process):
 
 def test_two_workers_on_loopback_match_one_process(one_process):
     tmp_path, reference = one_process
-    path = write_config(tmp_path, "workers", distribution="multi_worker")
+    # `data`: every worker keeps its part of each batch of the whole stream, so the batches are one process's.
+    path = write_config(tmp_path, "workers", distribution="multi_worker", input_sharding="data")
     wait_all(start_workers(path, free_ports(2)))
     run_dir = str(tmp_path / "workers")
     assert_same_run(run_dir, reference)
@@ -186,10 +194,74 @@ def test_two_workers_on_loopback_match_one_process(one_process):
     assert not os.path.exists(os.path.join(other, "metrics.json"))
 
 
+def test_two_workers_reading_their_own_shard_files(one_process):
+    """`input_sharding: files` with three training shards for two workers: each worker reads its own files;
+    tf.distribute feeds empty batches to the worker that is through its files first, so the run ends, and
+    validation and test still count every user once."""
+    tmp_path, reference = one_process
+    config = config_dict(tmp_path, "files", distribution="multi_worker", input_sharding="files")
+    config["dataset"].update(num_shards=3, prepared_dir=str(tmp_path / "data-3"))
+    path = tmp_path / "files.yaml"
+    path.write_text(yaml.safe_dump(config))
+    prepared = trainer.prepare(tfsidefuse.load_config(str(path)))
+    import tensorflow as tf
+
+    sizes = [sum(1 for _ in tf.data.TFRecordDataset(f)) for f in prepared.files("train")]
+    # Three files over two workers: one reads two of them, the other one, so their passes differ in length.
+    assert len(sizes) == 3 and sizes[0] + sizes[2] > sizes[1], sizes
+    wait_all(start_workers(str(path), free_ports(2), steps_dir=str(tmp_path)))
+    steps = [json.loads((tmp_path / f"steps-{i}.json").read_text()) for i in range(2)]
+    # Each worker's own batches of the global size, split into one part per replica, one part per step; the
+    # workers step together until the longer stream is through (the other gets empty batches meanwhile).
+    own = [
+        sum(1 for _ in make_dataset(prepared, "train", batch_size=64, bucket_boundaries="auto", file_shard=(2, i)))
+        for i in range(2)
+    ]
+    assert own[0] > own[1], own
+    assert steps[0] == steps[1] == [2 * own[0]] * 2, (steps, own)
+    run_dir = str(tmp_path / "files")
+    metrics = metrics_of(run_dir)
+    assert metrics["replicas"] == 2 and metrics["epochs_run"] == 2
+    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
+    alone = evaluate_model(model, prepared, "test")
+    for key in ("hr@10", "ndcg@20", "mrr"):
+        assert metrics["test"][key] == pytest.approx(alone[key], abs=METRIC_TOLERANCE), key
+    assert metrics["test"]["ndcg@20"] > metrics_of(reference)["test"]["ndcg@20"] / 2  # it trained
+    # Each worker's batches came from its own files: not the batches of one process.
+    differences = [np.abs(a - b).max() for a, b in zip(model.get_weights(), saved_weights(reference))]
+    assert max(differences) > 1e-3
+
+
+def test_input_sharding_choice(tmp_path, monkeypatch):
+    """`auto` reads files when there is a shard per worker; `files` is refused where it cannot apply."""
+    prepared = trainer.prepare(tfsidefuse.load_config(write_config(tmp_path, "choice")))  # two shards
+    workers = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+    cluster = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}
+
+    def training(**kwargs):
+        return tfsidefuse.as_config(config_dict(tmp_path, "choice", **kwargs)).training
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({**cluster, "cluster": {"worker": cluster["cluster"]["worker"][:2]}}))
+    assert distribution.file_shard(training(distribution="multi_worker"), prepared) == (2, 0)
+    assert distribution.file_shard(training(distribution="multi_worker", input_sharding="data"), prepared) is None
+    assert distribution.file_shard(training(), prepared) is None
+    with pytest.raises(ConfigError, match="input_sharding='files' applies to training.distribution='multi_worker'"):
+        distribution.file_shard(training(input_sharding="files"), prepared)
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))  # three workers, two shards
+    assert distribution.file_shard(training(distribution="multi_worker"), prepared) is None
+    with pytest.raises(ConfigError, match="has 2 .* for 3 workers"):
+        distribution.file_shard(training(distribution="multi_worker", input_sharding="files"), prepared)
+    with pytest.raises(ConfigError, match="training.input_sharding must be one of"):
+        training(input_sharding="records").validate()
+
+
 def test_killed_workers_resume_from_their_backups(one_process):
     """Both workers killed after the first epoch's backup; restarted, they continue at epoch 2 and finish."""
     tmp_path, _ = one_process
-    path = write_config(tmp_path, "killed", distribution="multi_worker", epochs=3)
+    # Six epochs: the backups of the first one stay long enough to be seen before the run would end. Two shards for
+    # two workers: `auto` reads files, whose sparse all-gather crashed a worker within six epochs before
+    # `distribution.all_reduce_dense` (docs/scaling.md).
+    path = write_config(tmp_path, "killed", distribution="multi_worker", epochs=6)
     run_dir = tmp_path / "killed"
     procs = start_workers(path, free_ports(2))
     backups = [run_dir / "backup", run_dir / ".workers" / "worker-1" / "backup"]
@@ -205,11 +277,11 @@ def test_killed_workers_resume_from_their_backups(one_process):
     assert not (run_dir / "metrics.json").exists()
     wait_all(start_workers(path, free_ports(2)))
     metrics = metrics_of(str(run_dir))
-    assert metrics["epochs_run"] == 3
+    assert metrics["epochs_run"] == 6
     history = (run_dir / "history.csv").read_text().strip().splitlines()
     epochs = [int(line.split(",")[0]) for line in history[1:]]
     # Resumed: the first epoch was not trained again (a fresh start would log epoch 0 twice).
-    assert epochs[0] == 0 and epochs[-1] == 2 and len(epochs) == len(set(epochs)), history
+    assert epochs[0] == 0 and epochs[-1] == 5 and len(epochs) == len(set(epochs)), history
 
 
 def test_configuration_errors_name_the_setting(tmp_path, monkeypatch):

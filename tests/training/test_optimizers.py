@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import tfsidefuse
 from tfsidefuse.config import ConfigError
-from tfsidefuse.training import trainer
+from tfsidefuse.training import distribution, trainer
 from tfsidefuse.training.optimizers import LazyAdam
 
 pytestmark = pytest.mark.tensorflow_only  # IndexedSlices gradients exist under TensorFlow only
@@ -60,6 +60,19 @@ def test_equals_adam_on_the_dense_gradient_when_every_row_has_one(weight_decay):
     adam, _ = _train(keras.optimizers.Adam(0.1, weight_decay=weight_decay), STEPS_EVERY_ROW, densify=True)
     np.testing.assert_allclose(lazy, adam, rtol=0, atol=1e-6)
     assert np.abs(lazy - START).max(axis=1).min() > 1e-3  # every row moved
+
+
+def test_all_reduce_dense_applies_a_sparse_gradient_as_the_dense_one():
+    """What file-sharded workers apply (docs/scaling.md): the dense gradient. Keras' Adam given the sparse one of
+    duplicate rows would differ (its second moment sums the squares of the slices)."""
+    sparse, _ = _train(keras.optimizers.Adam(0.1), STEPS_EVERY_ROW)
+    dense, _ = _train(keras.optimizers.Adam(0.1), STEPS_EVERY_ROW, densify=True)
+    wrapped = distribution.all_reduce_dense(keras.optimizers.Adam(0.1))
+    config = wrapped.get_config()
+    table, _ = _train(wrapped, STEPS_EVERY_ROW)
+    np.testing.assert_allclose(table, dense, rtol=0, atol=1e-6)
+    assert np.abs(sparse - dense).max() > 1e-4  # the two applications do differ here
+    assert wrapped.get_config() == config
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.2])

@@ -352,7 +352,14 @@ def _check_bucket_boundaries(
 
 
 def _read_records(
-    prepared: PreparedDataset, split: str, *, shuffle: bool, shuffle_buffer: int, seed: int | None, cache: bool
+    prepared: PreparedDataset,
+    split: str,
+    *,
+    shuffle: bool,
+    shuffle_buffer: int,
+    seed: int | None,
+    cache: bool,
+    file_shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """The parsed records of a split (see :func:`parse_sequence_examples`), one per user.
 
@@ -366,9 +373,14 @@ def _read_records(
         shuffle_buffer: records in the shuffle buffer.
         seed: seed of the file and record order.
         cache: cache the parsed records (before shuffling, so that every pass still shuffles).
+        file_shard: ``(workers, index)``: read only the files ``i`` with ``i % workers == index`` (their record
+            count is then not checked against the manifest's, which counts every file).
     """
     schema = prepared.schema
     files = prepared.files(split)
+    if file_shard is not None:
+        workers, index = file_shard
+        files = files[index::workers]
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -378,7 +390,7 @@ def _read_records(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=seed is not None or not shuffle,
     )
-    expected = prepared.split_records(split)
+    expected = prepared.split_records(split) if file_shard is None else None
     if expected is not None:
         # A shard that lost records (or reads as none: TensorFlow takes a garbled length for the end of the file)
         # fails the pass at its end instead of yielding metrics from part of the users.
@@ -508,6 +520,7 @@ def _batch_examples(
     pad_to_max_len: bool,
     drop_remainder: bool,
     bucket_boundaries: list[int] | None,
+    count: bool = True,
 ) -> tf.data.Dataset:
     """Left-padded batches of the examples, with their count declared when the length statistics give it.
 
@@ -521,6 +534,7 @@ def _batch_examples(
         pad_to_max_len: pad to ``max_len`` (or the bucket's upper bound) instead of the longest sequence.
         drop_remainder: drop the last, smaller batch (of each bucket).
         bucket_boundaries: checked bucket bounds (:func:`_check_bucket_boundaries`), or ``None``.
+        count: declare the batch count (the statistics count every file: not for a worker's own files).
     """
     sizes = (
         bucket_batch_sizes(prepared, split, objective, batch_size, max_len, bucket_boundaries)
@@ -530,14 +544,18 @@ def _batch_examples(
     ds = _left_pad_batch(
         examples, batch_size, max_len if pad_to_max_len else None, drop_remainder, bucket_boundaries, sizes
     )
-    batches = count_batches(prepared, split, objective, batch_size, max_len, drop_remainder, bucket_boundaries, sizes)
+    batches = (
+        count_batches(prepared, split, objective, batch_size, max_len, drop_remainder, bucket_boundaries, sizes)
+        if count
+        else None
+    )
     if batches is not None:
         # Known length: Keras shows a complete progress bar and does not warn at the end of each epoch.
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds
 
 
-def _finish(batches: tf.data.Dataset, *, cache: bool, repeat: bool) -> tf.data.Dataset:
+def _finish(batches: tf.data.Dataset, *, cache: bool, repeat: bool, own_files: bool = False) -> tf.data.Dataset:
     """The batches cached in memory (``cache``), repeated indefinitely (``repeat``), sharded by data and prefetched.
 
     Args:
@@ -558,9 +576,11 @@ def _finish(batches: tf.data.Dataset, *, cache: bool, repeat: bool) -> tf.data.D
     if repeat:
         ds = ds.repeat()
     # Under a multi-worker tf.distribute strategy every worker reads this same stream of batches and keeps its
-    # part of each one: the global batches of one process, every example seen once per pass (docs/scaling.md).
+    # part of each one (DATA: the global batches of one process, every example seen once per pass), or, with
+    # `file_shard`, reads only its own shard files, chosen here (auto-sharding OFF); docs/scaling.md.
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.OFF if own_files else policy.DATA
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -580,6 +600,7 @@ def make_dataset(
     drop_remainder: bool = False,
     repeat: bool = False,
     bucket_boundaries: list[int] | str | None = None,
+    file_shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline of one split.
 
@@ -612,6 +633,12 @@ def make_dataset(
             random batch; with the loss at every position, batches of short
             sequences hold more of them (see :func:`bucket_batch_sizes`).
             Off (``None``) by default.
+        file_shard: ``(workers, index)`` of a multi-worker ``tf.distribute``
+            run: this worker reads only the shard files ``i`` with
+            ``i % workers == index`` (tf.data's auto-sharding off; the record
+            count is then not checked against the manifest's) instead of
+            keeping its part of every batch of the whole stream (``DATA``
+            auto-sharding, the default).
 
     Returns:
         A ``tf.data.Dataset`` of ``(inputs, labels)`` batches.
@@ -630,7 +657,13 @@ def make_dataset(
         bucket_boundaries, max_len, one_per_length=objective == "eval" and not pad_to_max_len
     )
     records = _read_records(
-        prepared, split, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed, cache=cache and shuffle
+        prepared,
+        split,
+        shuffle=shuffle,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        cache=cache and shuffle,
+        file_shard=file_shard,
     )
     examples = _to_examples(
         records, objective, keep, max_len, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed
@@ -645,8 +678,9 @@ def make_dataset(
         pad_to_max_len=pad_to_max_len,
         drop_remainder=drop_remainder,
         bucket_boundaries=bucket_boundaries,
+        count=file_shard is None,
     )
-    return _finish(batches, cache=cache and not shuffle, repeat=repeat)
+    return _finish(batches, cache=cache and not shuffle, repeat=repeat, own_files=file_shard is not None)
 
 
 def fixed_batch_shapes(jit_compile: bool = False) -> bool:

@@ -20,9 +20,11 @@ it adds nothing to the loss, its gradient or the ranking metrics, so every user 
 ``training.batch_size`` is the global batch in every case: ``tf.distribute`` splits each batch of the pipeline
 over the replicas, and the next-item loss is the mean over the labelled slots of the whole global batch
 (:mod:`tfsidefuse.replicas`), so a distributed step computes the same update as one process on the same batch.
-Under ``multi_worker`` every worker reads the same stream of batches and keeps its part of each (tf.data's
-``DATA`` sharding, set by :func:`tfsidefuse.data.pipeline.make_dataset`): every training example, and every user
-of an evaluation, is seen exactly once per pass over the workers together.
+Under ``multi_worker`` the training data is split by files (each worker reads its own shard files, see
+:func:`file_shard`) or by batches (every worker reads the same stream of batches and keeps its part of each:
+tf.data's ``DATA`` sharding, set by :func:`tfsidefuse.data.pipeline.make_dataset`); evaluation always splits by
+batches. Either way every training example, and every user of an evaluation, is seen exactly once per pass over
+the workers together.
 """
 
 from __future__ import annotations
@@ -114,6 +116,64 @@ def is_chief(name: str) -> bool:
     if "chief" in spec["cluster"]:
         return task_type == "chief"
     return task_type == "worker" and index == 0
+
+
+def file_shard(training_config: Any, prepared: Any) -> tuple[int, int] | None:
+    """``(workers, index)`` when this worker reads only its own training shard files (``training.input_sharding``).
+
+    Only a ``multi_worker`` run on the TensorFlow backend does, with ``files``, or ``auto`` when the prepared
+    dataset has at least one training shard per worker. Workers whose shards hold fewer batches than another's
+    are fed empty batches by ``tf.distribute`` until every worker is through its files, so that no collective
+    step is left waiting.
+
+    Raises:
+        ConfigError: ``files`` on another distribution or backend, or with fewer shards than workers.
+    """
+    t = training_config
+    if t.input_sharding == "data":
+        return None
+    eligible = t.distribution == "multi_worker" and keras.backend.backend() == "tensorflow"
+    if not eligible:
+        if t.input_sharding == "files":
+            raise ConfigError(
+                "training.input_sharding='files' applies to training.distribution='multi_worker' on the TensorFlow "
+                f"backend (distribution is {t.distribution!r}, backend {keras.backend.backend()!r})"
+            )
+        return None
+    spec = cluster_spec(required=True)
+    members = [(kind, i) for kind, i, _ in _cluster_members(spec)]  # the chief first, then the workers
+    task = (spec["task"]["type"], int(spec["task"]["index"]))
+    workers = len(members)
+    shards = len(prepared.files("train"))
+    if shards >= workers:
+        return workers, members.index(task)
+    if t.input_sharding == "files":
+        raise ConfigError(
+            f"training.input_sharding='files' needs at least one training shard per worker: the prepared dataset "
+            f"has {shards} (dataset.num_shards) for {workers} workers; prepare it with more shards or use 'data'"
+        )
+    return None
+
+
+def all_reduce_dense(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """Make ``optimizer`` turn sparse (``tf.IndexedSlices``) gradients dense before they are all-reduced.
+
+    For a run whose workers read their own files (:func:`file_shard`): ``MultiWorkerMirroredStrategy`` all-gathers
+    sparse gradients, and on TensorFlow 2.21 that all-gather (``CollectiveGatherV2``) crashes a worker with SIGSEGV
+    once one worker steps on an empty batch (its files are through) while another still has rows. A dense
+    gradient is all-reduced as any kernel's. The update is the same (Adam on the summed gradient); ``LazyAdam``
+    then updates every row. The optimizer's config is unchanged, so a saved model does not record this.
+    """
+    import tensorflow as tf
+
+    apply = optimizer.apply
+
+    def apply_dense(grads, trainable_variables=None):
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        return apply(grads, trainable_variables)
+
+    optimizer.apply = apply_dense
+    return optimizer
 
 
 def worker_dir(run_dir: str, name: str) -> str:

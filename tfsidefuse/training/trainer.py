@@ -244,8 +244,12 @@ def make_optimizer(training_config, model: keras.Model) -> keras.optimizers.Opti
     return optimizer
 
 
-def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
-    """The training and validation ``tf.data`` pipelines of a config (objective, buckets, XLA padding)."""
+def training_datasets(config: RunConfig, prepared: PreparedDataset, file_shard: tuple | None = None) -> tuple:
+    """The training and validation ``tf.data`` pipelines of a config (objective, buckets, XLA padding).
+
+    With ``file_shard`` (workers, index) a worker of a multi-worker run reads its own shard files for training;
+    validation always splits every batch of the whole stream, so that every user is evaluated once.
+    """
     t = config.training
     # XLA compiles one program per shape (JAX always, TensorFlow with jit_compile): batches are then padded to
     # their bucket bound, so that a few shapes are compiled.
@@ -261,6 +265,7 @@ def training_datasets(config: RunConfig, prepared: PreparedDataset) -> tuple:
         batch_size=t.batch_size,
         seed=t.seed,
         shuffle_buffer=t.shuffle_buffer,
+        file_shard=file_shard,
         **common,
     )
     valid_ds = make_dataset(prepared, "valid", objective="eval", batch_size=t.eval_batch_size, **common)
@@ -451,8 +456,11 @@ def _train_in_scope(config, prepared, strategy, chief, evaluate_test, callbacks,
     """The body of :func:`train`, inside the distribution's scope; only the chief writes the run directory."""
     t = config.training
     run_dir = t.run_dir
-    train_ds, valid_ds = training_datasets(config, prepared)
+    own_files = distribution.file_shard(t, prepared)
+    train_ds, valid_ds = training_datasets(config, prepared, own_files)
     model = create_model(config, prepared)
+    if own_files is not None:
+        distribution.all_reduce_dense(model.optimizer)
     distribution.build_state(model, valid_ds, strategy)
     per_epoch = count_examples(prepared, "train", t.objective, prepared.schema.max_len)
 
