@@ -88,15 +88,27 @@ def paths(out: str, size: int) -> dict:
     }
 
 
+def split_variant(variant: str) -> tuple[str, int | None]:
+    """``"lazy_adam+attr1024"`` -> ``("lazy_adam", 1024)``: the optimizer and DIF-SR's ``attribute_negatives``."""
+    optimizer, _, attribute_negatives = variant.partition("+attr")
+    if optimizer not in ("adam", "lazy_adam") or (attribute_negatives and not attribute_negatives.isdigit()):
+        raise argparse.ArgumentTypeError(f"not an optimizer (adam, lazy_adam, optionally +attr<K>): {variant!r}")
+    return optimizer, int(attribute_negatives) if attribute_negatives else None
+
+
 def run_config(out: str, size: int, model: str, negatives: int, seed: int, optimizer: str = "adam"):
     from tfsidefuse.config import RunConfig
 
     p = paths(out, size)
     run_name = model if optimizer == "adam" else f"{model}-{optimizer}"
+    optimizer, attribute_negatives = split_variant(optimizer)
+    params = dict(MODELS[model])
+    if attribute_negatives and model == "difsr":
+        params["attribute_negatives"] = attribute_negatives
     return RunConfig.from_dict(
         {
             "dataset": {"source": "recbole", "path": p["raw"], "prepared_dir": p["prepared"], "max_len": MAX_LEN},
-            "model": {"name": model, **MODELS[model]},
+            "model": {"name": model, **params},
             "training": {
                 "run_dir": os.path.join(p["runs"], run_name),
                 "batch_size": BATCH_SIZE,
@@ -533,9 +545,10 @@ def main(argv=None) -> int:
         "--optimizers",
         nargs="+",
         default=["adam"],
-        choices=["adam", "lazy_adam"],
-        help="optimizers whose training steps are timed; with more than one, adam is timed again beside the others "
-        "(evaluation and serving use the first adam run)",
+        type=lambda v: split_variant(v) and v,
+        help="optimizers whose training steps are timed (adam, lazy_adam; `+attr<K>`, e.g. lazy_adam+attr1024, "
+        "also samples K attribute ids for DIF-SR's attribute predictors); with more than one, adam is timed again "
+        "beside the others (evaluation and serving use the first adam run)",
     )
     parser.add_argument("--optimizer", default="adam", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=5, help="untimed training steps first")

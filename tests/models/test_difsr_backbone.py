@@ -109,7 +109,8 @@ def _np_attribute_loss(head: DIFSRAttributeHead, hidden: np.ndarray, labels: np.
 
 
 def _model(**kwargs) -> NextItemModel:
-    head_kwargs = {k: kwargs.pop(k) for k in ("lambda_attr", "attribute_predictor_bias") if k in kwargs}
+    head_names = ("lambda_attr", "attribute_predictor_bias", "attribute_negatives", "seed")
+    head_kwargs = {k: kwargs.pop(k) for k in head_names if k in kwargs}
     backbone = _backbone(**{**NO_DROPOUT, **kwargs})
     model = NextItemModel(backbone, heads=[_head(backbone, **head_kwargs)])
     model(INPUTS)
@@ -275,6 +276,91 @@ def test_auxiliary_loss_matches_numpy():
     assert DIFSRAttributeHead(no_items.item_features, 8)(outputs, INPUTS, LABELS, backbone=no_items) == {}
 
 
+def _np_sampled_attribute_loss(head, hidden, labels, drawn):
+    """The sampled estimate (docs/models.md#difsr) for given drawn ids per feature, in float64."""
+    losses = {}
+    for feature, predictor, ids in zip(ITEM_FEATURES, head.attribute_predictors, drawn):
+        vocab_size = feature["vocab_size"]
+        logits = np_dense(predictor, hidden.astype("float64"))
+        per_slot = np.zeros(labels.shape)
+        for index in np.ndindex(labels.shape):
+            targets = {int(a) for a in item_feature_tables()[feature["name"]][labels[index]]} - {0}
+            positive = sum(np.log1p(np.exp(-logits[index + (c,)])) for c in targets)
+            negative = sum(np.log1p(np.exp(logits[index + (c,)])) for c in ids if int(c) not in targets)
+            per_slot[index] = (positive + negative * (vocab_size - 1) / len(ids)) / (vocab_size - 1)
+        losses[f"attribute_{feature['name']}"] = head.lambda_attr * per_slot[labels != 0].mean()
+    return losses
+
+
+def test_sampled_attribute_loss_matches_numpy_for_its_draws():
+    backbone = _backbone(**NO_DROPOUT)
+    outputs = backbone(INPUTS)
+    head = _head(backbone, attribute_negatives=3, seed=11)
+    randomize_weights(backbone.trainable_weights + head.trainable_weights)
+    outputs = backbone(INPUTS)
+    # The head draws 3 ids per feature, one feature after the other, from a generator seeded like its own.
+    twin = keras.random.SeedGenerator(11)
+    drawn = [
+        np.asarray(keras.random.randint((3,), 1, f["vocab_size"], dtype="int32", seed=twin)) for f in ITEM_FEATURES
+    ]
+    losses = head(outputs, INPUTS, LABELS, backbone=backbone)
+    expected = _np_sampled_attribute_loss(head, np.asarray(outputs["sequence_output"]), LABELS, drawn)
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(losses[name]), value, rtol=1e-5)
+    exact = _head(backbone)
+    for a, b in zip(exact.attribute_predictors, head.attribute_predictors):
+        a.set_weights(b.get_weights())
+    exact_losses = exact(outputs, INPUTS, LABELS, backbone=backbone)
+    assert any(abs(float(losses[k]) - float(exact_losses[k])) > 1e-4 for k in losses)  # an estimate, not exact
+    # A vocabulary of at most K + 1 ids keeps the exact loss.
+    wide = _head(backbone, attribute_negatives=6)
+    for a, b in zip(wide.attribute_predictors, head.attribute_predictors):
+        a.set_weights(b.get_weights())
+    for name, value in wide(outputs, INPUTS, LABELS, backbone=backbone).items():
+        np.testing.assert_allclose(float(value), float(exact_losses[name]), rtol=1e-6)
+
+
+def test_sampled_attribute_loss_is_unbiased():
+    """The mean of the estimate over many draws is the exact loss."""
+    backbone = _backbone(**NO_DROPOUT)
+    outputs = backbone(INPUTS)
+    head = _head(backbone, attribute_negatives=2, seed=3)
+    exact = _head(backbone)
+    randomize_weights(backbone.trainable_weights + head.trainable_weights)
+    for a, b in zip(exact.attribute_predictors, head.attribute_predictors):
+        a.set_weights(b.get_weights())
+    outputs = backbone(INPUTS)
+    draws = [head(outputs, INPUTS, LABELS, backbone=backbone) for _ in range(600)]
+    for name, value in exact(outputs, INPUTS, LABELS, backbone=backbone).items():
+        estimates = np.array([float(d[name]) for d in draws])
+        assert estimates.std() > 1e-3 * float(value)  # the draws do vary
+        np.testing.assert_allclose(estimates.mean(), float(value), rtol=0.02)
+
+
+def test_sampled_attribute_loss_trains_and_reloads(tmp_path):
+    keras.utils.set_random_seed(0)
+    backbone = _backbone(num_layers=1, dropout=0.1, attention_dropout=0.1)
+    head = _head(backbone, attribute_negatives=2, seed=1)
+    model = NextItemModel(backbone, heads=[head])
+    inputs, labels = side_feature_batches("action")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), metrics=[])
+    randomize_weights(backbone.trainable_weights + head.trainable_weights, scale=0.2)
+    watched = backbone.side_information_embedding.trainable_weights + [p.kernel for p in head.attribute_predictors]
+    before = [np.array(v) for v in watched]
+    # The estimate is noisy (2 of 4 or 6 ids per batch), so its training loss need not fall over a few batches.
+    history = model.fit(inputs, labels, batch_size=4, epochs=2, shuffle=False, verbose=0).history
+    assert np.all(np.isfinite(history["loss"])), history
+    for value, variable in zip(before, watched):
+        assert np.any(value != np.array(variable)), variable.path
+    path = str(tmp_path / "sampled.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    assert reloaded.heads[0].attribute_negatives == 2
+    np.testing.assert_allclose(
+        np.asarray(reloaded.predict(inputs, verbose=0)), np.asarray(model.predict(inputs, verbose=0)), atol=1e-5
+    )
+
+
 @pytest.mark.filterwarnings("ignore:Gradients do not exist")  # no predictor gradient with lambda 0
 def test_auxiliary_loss_is_added_in_training_only():
     plain = _model(lambda_attr=0.0)
@@ -432,6 +518,9 @@ def test_invalid_arguments(kwargs, bad):
         ({"lambda_attr": "10"}, "lambda_attr='10'"),
         ({"hidden_dim": 0}, "hidden_dim=0"),
         ({"item_features": [{"name": "category"}]}, "vocab_size"),
+        ({"attribute_negatives": 0}, "attribute_negatives=0"),
+        ({"attribute_negatives": 2.5}, "attribute_negatives=2.5"),
+        ({"seed": "1"}, "seed='1'"),
     ],
 )
 def test_invalid_head_arguments(kwargs, bad):
@@ -444,6 +533,9 @@ def test_head_config_round_trip():
     for key in ("item_features", "hidden_dim", "lambda_attr", "attribute_predictor_bias"):
         assert key in head.get_config()
     run_serialization_test(head)
+    sampling = DIFSRAttributeHead(ITEM_FEATURES, 8, attribute_negatives=4, seed=2)
+    assert sampling.get_config()["attribute_negatives"] == 4 and sampling.get_config()["seed"] == 2
+    run_serialization_test(sampling)
 
 
 @pytest.mark.parametrize("fusion", ["sum", "gate"])

@@ -65,6 +65,18 @@ class DIFSRAttributeHead(AuxiliaryHead):
     are assigned with `set_item_feature_tables` (a model loaded from a file
     keeps its trained biases).
 
+    The loss is computed without a multi-hot target: per slot it is
+    `sum_{c >= 1} softplus(x_c) - sum_{c in T_j(y_t)} x_c`, divided by
+    `vocab_size - 1`, with the target logits gathered. With
+    `attribute_negatives=K` the first sum keeps its exact terms for the
+    target attributes and estimates the rest from `K` attribute ids drawn
+    uniformly from `1..vocab_size-1` once per batch (shared by every slot):
+    `(vocab_size - 1) / K * sum_k 1[c_k not in T_j(y_t)] softplus(x_{c_k})`,
+    an unbiased estimate; only the `K` drawn columns and the target columns
+    of the predictor are scored, so a step costs `O(K)` and not
+    `O(vocab_size)` per slot. A feature with `vocab_size - 1 <= K` keeps the
+    exact loss.
+
     Args:
         item_features: the backbone's item-level features, dicts `{"name",
             "vocab_size", ...}`; one predictor per feature, `vocab_size`
@@ -74,6 +86,11 @@ class DIFSRAttributeHead(AuxiliaryHead):
             turns them off.
         attribute_predictor_bias: `"zeros"` (official) or `"prior"`, the
             initial biases of the predictors (see above).
+        attribute_negatives: `None` (default) for the exact loss over every
+            attribute id, or the number `K` of attribute ids drawn per batch
+            for the sampled estimate (see above); for vocabularies of many
+            thousand values.
+        seed: seed of the draws of `attribute_negatives`.
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -107,6 +124,8 @@ class DIFSRAttributeHead(AuxiliaryHead):
         hidden_dim: int = 256,
         lambda_attr: float = 10.0,
         attribute_predictor_bias: str = "zeros",
+        attribute_negatives: int | None = None,
+        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -120,10 +139,19 @@ class DIFSRAttributeHead(AuxiliaryHead):
         if isinstance(lambda_attr, bool) or not isinstance(lambda_attr, (int, float)) or not lambda_attr >= 0:
             raise ValueError(f"`lambda_attr` must be a number >= 0. Received: lambda_attr={lambda_attr!r}")
         check_choice("attribute_predictor_bias", attribute_predictor_bias, PREDICTOR_BIASES)
+        if attribute_negatives is not None:
+            check_positive_int("attribute_negatives", attribute_negatives, allow_bool=False)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
         self.item_features = item_features
         self.hidden_dim = hidden_dim
         self.lambda_attr = lambda_attr
         self.attribute_predictor_bias = attribute_predictor_bias
+        self.attribute_negatives = attribute_negatives
+        self.seed = seed
+        # Only a sampling head has a seed state: the weights of exact heads saved before this option still load.
+        if attribute_negatives is not None:
+            self.seed_generator = keras.random.SeedGenerator(seed, name="attribute_seed_generator")
 
     def build(self, input_shape: Any = None) -> None:
         self.attribute_predictors = []
@@ -165,15 +193,41 @@ class DIFSRAttributeHead(AuxiliaryHead):
         lookups = {feature["name"]: lookup for feature, lookup in zip(side.item_features, side.item_feature_lookups)}
         losses = {}
         for feature, predictor in zip(self.item_features, self.attribute_predictors):
-            vocab_size = feature["vocab_size"]
-            logits = ops.cast(predictor(hidden), "float32")[..., 1:]
-            # Attribute ids of the target items; the padding id is dropped with column 0.
-            targets = ops.max(ops.one_hot(lookups[feature["name"]](labels), vocab_size, dtype="float32"), axis=-2)
-            per_class = ops.binary_crossentropy(targets[..., 1:], logits, from_logits=True)
-            per_slot = ops.sum(per_class, axis=-1) / max(vocab_size - 1, 1)
-            loss = ops.sum(per_slot * has_target) / num_targets
+            targets = lookups[feature["name"]](labels)  # [..., max_values] attribute ids, 0 = none
+            per_slot = self._bce_sum(hidden, targets, predictor, feature["vocab_size"])
+            loss = ops.sum(per_slot / max(feature["vocab_size"] - 1, 1) * has_target) / num_targets
             losses[f"attribute_{feature['name']}"] = self.lambda_attr * loss
         return losses
+
+    def _bce_sum(self, hidden: Any, targets: Any, predictor: Any, vocab_size: int) -> Any:
+        """Per slot, the sum over the attribute ids `1..vocab_size-1` of the BCE of the predictor's logits against
+        the multi-hot of `targets` (exact, or estimated from `attribute_negatives` drawn ids)."""
+        targets = ops.cast(targets, "int32")
+        # An attribute id counts once per target item: padding and repeats within a row are left out.
+        width = targets.shape[-1]
+        earlier = np.tril(np.ones((width, width), dtype=bool), k=-1)  # [m, k]: k < m
+        repeat = ops.any(ops.logical_and(ops.equal(targets[..., :, None], targets[..., None, :]), earlier), axis=-1)
+        is_target = ops.logical_and(ops.not_equal(targets, PAD_ID), ops.logical_not(repeat))
+        # The sampled scores read the predictor's columns: in float32, as the logits of the exact loss.
+        hidden = ops.cast(hidden, "float32")
+        kernel, bias = ops.cast(predictor.kernel, "float32"), ops.cast(predictor.bias, "float32")
+        num_negatives = self.attribute_negatives
+        if num_negatives is None or num_negatives >= vocab_size - 1:
+            logits = ops.cast(predictor(hidden), "float32")
+            target_logits = ops.take_along_axis(logits, targets, axis=-1)
+            return ops.sum(ops.softplus(logits[..., 1:]), axis=-1) - ops.sum(
+                ops.where(is_target, target_logits, 0.0), axis=-1
+            )
+        # The target columns: sum_{c in T} (softplus(x_c) - x_c) = sum_{c in T} softplus(-x_c).
+        target_columns = ops.take(ops.transpose(kernel), targets, axis=0)  # [..., max_values, hidden]
+        target_logits = ops.sum(ops.expand_dims(hidden, -2) * target_columns, axis=-1) + ops.take(bias, targets)
+        positive = ops.sum(ops.where(is_target, ops.softplus(-target_logits), 0.0), axis=-1)
+        drawn = keras.random.randint((num_negatives,), 1, vocab_size, dtype="int32", seed=self.seed_generator)
+        drawn_logits = ops.matmul(hidden, ops.take(kernel, drawn, axis=1)) + ops.take(bias, drawn)  # [..., K]
+        # A drawn id that is one of the slot's targets is left out: its term is in `positive` already.
+        hit = ops.any(ops.logical_and(ops.equal(targets[..., :, None], drawn), ops.expand_dims(is_target, -1)), axis=-2)
+        negative = ops.sum(ops.where(hit, 0.0, ops.softplus(drawn_logits)), axis=-1)
+        return positive + negative * ((vocab_size - 1) / num_negatives)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -183,6 +237,8 @@ class DIFSRAttributeHead(AuxiliaryHead):
                 "hidden_dim": self.hidden_dim,
                 "lambda_attr": self.lambda_attr,
                 "attribute_predictor_bias": self.attribute_predictor_bias,
+                "attribute_negatives": self.attribute_negatives,
+                "seed": self.seed,
             }
         )
         return config
