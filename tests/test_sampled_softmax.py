@@ -83,6 +83,53 @@ def test_logq_correction_by_hand():
     np.testing.assert_allclose(loss, _log_softmax_loss(expected), rtol=1e-5)
 
 
+def test_negatives_only_correction_by_hand():
+    """`logq_correction="negatives"`: the target keeps its logit, each negative loses log(N q_i)."""
+    counts = np.array([0, 0, 1, 3, 4, 2], "float64")  # q = (0, 0, .1, .3, .4, .2)
+    layer = SampledSoftmax(6, num_negatives=3, sampler="popularity", item_counts=counts, logq_correction="negatives")
+    target_logits = np.array([1.0, 2.0], "float32")
+    negative_logits = np.array([[0.5, -1.0, 3.0], [0.0, 1.0, 2.0]], "float32")
+    labels = np.array([2, 3], "int32")
+    negatives = np.array([4, 5, 3], "int32")
+    logits, _ = layer.candidate_logits(target_logits, negative_logits, labels, negatives)
+    expected = np.concatenate([target_logits[:, None], negative_logits - np.log(3 * np.array([0.4, 0.2, 0.3]))], 1)
+    expected[1, 3] = MASKED_LOGIT  # row 1: negative 3 is its own target
+    # Up to a shift of every logit of a row by log N (the softmax is the same): the layer adds log N to the target.
+    np.testing.assert_allclose(np.asarray(logits)[:, :3] - np.log(3.0), expected[:, :3], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logits)[0, 3] - np.log(3.0), expected[0, 3], rtol=1e-6)
+    assert np.asarray(logits)[1, 3] == MASKED_LOGIT
+    loss = np.asarray(layer(target_logits, negative_logits, labels, negatives))
+    np.testing.assert_allclose(loss, _log_softmax_loss(expected), rtol=1e-5)
+    # "all" is True, "none" is False.
+    for mode, flag in (("all", True), ("none", False)):
+        a = SampledSoftmax(6, num_negatives=3, sampler="popularity", item_counts=counts, logq_correction=mode)
+        b = SampledSoftmax(6, num_negatives=3, sampler="popularity", item_counts=counts, logq_correction=flag)
+        np.testing.assert_array_equal(
+            np.asarray(a.candidate_logits(target_logits, negative_logits, labels, negatives)[0]),
+            np.asarray(b.candidate_logits(target_logits, negative_logits, labels, negatives)[0]),
+        )
+
+
+def test_negatives_only_correction_estimates_the_full_normalizer():
+    """Over draws, the mean of the corrected negatives' e^logit is the sum of e^z over the non-target items."""
+    rng = np.random.default_rng(4)
+    counts = np.array([0, 0, 5, 1, 3, 8, 2, 4, 1], "float64")
+    layer = SampledSoftmax(
+        NUM_ITEMS, num_negatives=4, sampler="popularity", item_counts=counts, logq_correction="negatives", seed=2
+    )
+    scores = rng.normal(size=NUM_ITEMS).astype("float32")
+    labels = np.array([5], "int32")
+    sums = []
+    for _ in range(3000):
+        ids = np.asarray(layer.sample(layer.draw(), labels))
+        logits, _ = layer.candidate_logits(scores[labels], scores[ids][None, :], labels, ids)
+        logits = np.asarray(logits, np.float64)[0]
+        # Relative to the target's logit (the layer shifts the whole row by log N).
+        sums.append(np.exp(logits[1:] - logits[0] + scores[5]).sum())
+    full = np.exp(scores[2:].astype(np.float64)).sum() - np.exp(scores[5])
+    np.testing.assert_allclose(np.mean(sums), full, rtol=0.05)
+
+
 def test_accidental_hits_are_masked_per_row():
     logits = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]], "float32")
     one_hot = np.array([[1, 0, 0, 0], [1, 0, 0, 0]], "float32")
@@ -150,6 +197,8 @@ def test_draws_differ_between_calls_and_config_round_trip():
         ({"sampler": "popularity"}, "item_counts"),
         ({"hard_negatives": 5, "num_negatives": 5}, "hard_negatives"),
         ({"item_counts": [1, 2]}, "item_counts"),
+        ({"logq_correction": "target"}, "logq_correction='target'"),
+        ({"remove_accidental_hits": 1}, "remove_accidental_hits=1"),
     ],
 )
 def test_layer_argument_errors(kwargs, match):
@@ -385,6 +434,9 @@ def _config(tmp_path, **training):
             {"loss": "sampled_softmax", "num_negatives": 10, "hard_negatives": 10},
             "training.hard_negatives must be below training.num_negatives=10, got 10",
         ),
+        ({"logq_correction": "negatives"}, "training.logq_correction='negatives' needs training.loss"),
+        ({"loss": "sampled_softmax", "logq_correction": True}, "training.logq_correction: expected str"),
+        ({"loss": "sampled_softmax", "logq_correction": "target"}, "training.logq_correction must be one of"),
         ({"eval_item_block": 0}, "training.eval_item_block must be a positive integer, got 0"),
     ],
 )
@@ -401,6 +453,10 @@ def test_trainer_builds_the_sampled_softmax_and_refuses_too_many_negatives(tmp_p
     model = create_model(config, demo_prepared)
     sampled = model.sampled_softmax
     assert (sampled.num_negatives, sampled.sampler, sampled.sampler_exponent) == (10, "popularity", 0.75)
+    assert sampled.logq_correction == "all"
+    negatives_only = _config(tmp_path, loss="sampled_softmax", num_negatives=10, logq_correction="negatives")
+    negatives_only.model.params.update(TINY)
+    assert create_model(negatives_only, demo_prepared).sampled_softmax.logq_correction == "negatives"
     np.testing.assert_array_equal(sampled.item_counts, item_popularity(demo_prepared))
     assert create_model(_config(tmp_path), demo_prepared).sampled_softmax is None
     num_items = demo_prepared.schema.num_items

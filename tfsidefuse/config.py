@@ -26,6 +26,7 @@ INPUT_SHARDINGS = ("auto", "files", "data")
 MONITORED = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
 LOSSES = ("full_softmax", "sampled_softmax")
 OPTIMIZERS = ("adam", "lazy_adam")
+LOGQ_CORRECTIONS = ("all", "negatives", "none")
 NEGATIVE_SAMPLERS = ("in_batch", "uniform", "log_uniform", "popularity")
 #: Defaults of the sampled-softmax options (``null`` in a config means the default).
 DEFAULT_NUM_NEGATIVES = 100
@@ -252,6 +253,11 @@ class TrainingConfig:
             to ``count ** sampler_exponent`` (default 1.0).
         hard_negatives: keep only this many of the hardest sampled negatives
             per slot (``sampled_softmax``; below ``num_negatives``).
+        logq_correction: ``all`` (default: every logit minus ``log q``, the
+            target's too), ``negatives`` (the target keeps its logit, each
+            negative's minus ``log(num_negatives q)``: the importance-sampling
+            estimate of the full softmax) or ``none`` (``sampled_softmax``;
+            docs/training.md#sampled-softmax).
         eval_item_block: score this many items at a time in the final
             validation and test evaluation (memory ``eval_batch_size x
             eval_item_block`` instead of ``eval_batch_size x num_items``; the
@@ -289,6 +295,7 @@ class TrainingConfig:
     negative_sampler: str | None = None
     sampler_exponent: float | None = None
     hard_negatives: int | None = None
+    logq_correction: str | None = None
     eval_item_block: int | None = None
     distribution: str | None = None
     input_sharding: str = "auto"
@@ -369,7 +376,7 @@ class TrainingConfig:
         # `null` is the default, full_softmax: run directories written before the key existed keep their config.
         if self.loss is not None:
             _one_of("training.loss", self.loss, LOSSES)
-        options = ("num_negatives", "negative_sampler", "sampler_exponent", "hard_negatives")
+        options = ("num_negatives", "negative_sampler", "sampler_exponent", "hard_negatives", "logq_correction")
         if self.loss != "sampled_softmax":
             for key in options:
                 if getattr(self, key) is not None:
@@ -391,6 +398,8 @@ class TrainingConfig:
                 )
             if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or not exponent >= 0:
                 raise ConfigError(f"training.sampler_exponent must be a number >= 0, got {exponent!r}")
+        if self.logq_correction is not None:
+            _one_of("training.logq_correction", self.logq_correction, LOGQ_CORRECTIONS)
         if self.hard_negatives is not None:
             _positive("training.hard_negatives", self.hard_negatives)
             if self.hard_negatives >= self.negatives():

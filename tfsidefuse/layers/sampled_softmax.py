@@ -13,6 +13,8 @@ from tfsidefuse.data.schema import NUM_RESERVED_IDS, PAD_ID
 
 #: Negative samplers of `SampledSoftmax`.
 SAMPLERS = ("in_batch", "uniform", "log_uniform", "popularity")
+#: The `logq_correction` modes of `SampledSoftmax` besides `True` (`"all"`) and `False` (`"none"`).
+LOGQ_CORRECTIONS = ("all", "negatives", "none")
 #: Samplers whose distribution comes from the items' training counts.
 COUNT_SAMPLERS = ("log_uniform", "popularity")
 #: Logit given to a masked accidental hit: `exp` of it is 0 next to any real logit (TensorFlow Recommenders' value).
@@ -106,10 +108,17 @@ class SampledSoftmax(keras.layers.Layer):
     then, in this order:
 
     - logQ correction (`logq_correction`, with
-      `keras_rs.layers.SamplingProbabilityCorrection`): every logit becomes
-      `z_i - log q_i`, `q_i` the probability that one draw yields item `i`
-      (the target's too), so that the sampled softmax estimates the full
-      one without the sampler's bias;
+      `keras_rs.layers.SamplingProbabilityCorrection`): with `True` (or
+      `"all"`) every logit becomes `z_i - log q_i`, `q_i` the probability
+      that one draw yields item `i` (the target's too), the correction of
+      `tf.nn.sampled_softmax_loss`; the loss is then the full softmax's with
+      the target's logit lowered by `log(N q_y)`, a margin that grows with
+      the target's sampling probability. With `"negatives"` the target keeps
+      its logit and each negative's becomes `z_i - log(N q_i)` (`N` the
+      number of negative columns): the softmax's normalizer is then the
+      importance-sampling estimate `e^{z_y} + sum_k e^{z_{s_k}} / (N q_{s_k})`,
+      whose expectation is the full normalizer `sum_j e^{z_j}` once accidental
+      hits are removed. `False` (or `"none"`) keeps the logits;
     - accidental-hit removal (`remove_accidental_hits`, with
       `AccidentalHitRemoval`): a negative equal to the slot's target is
       masked (its logit gets `finfo(float32).min / 100`);
@@ -149,7 +158,9 @@ class SampledSoftmax(keras.layers.Layer):
             `"popularity"`, used by `"log_uniform"` (its ranks).
         hard_negatives: keep only the `k` hardest sampled negatives per slot
             (`k < num_negatives`); `None` keeps all.
-        logq_correction: subtract `log q_i` from every logit.
+        logq_correction: `True` / `"all"` (subtract `log q_i` from every
+            logit), `"negatives"` (subtract `log(N q_i)` from the negatives'
+            logits only) or `False` / `"none"` (see above).
         remove_accidental_hits: mask negatives equal to the slot's target.
         seed: seed of the sampling `SeedGenerator`; `None` draws one.
         **kwargs: standard layer arguments (`name`, `dtype`).
@@ -186,7 +197,7 @@ class SampledSoftmax(keras.layers.Layer):
         sampler_exponent: float = 1.0,
         item_counts: Any = None,
         hard_negatives: int | None = None,
-        logq_correction: bool = True,
+        logq_correction: bool | str = True,
         remove_accidental_hits: bool = True,
         seed: int | None = None,
         **kwargs: Any,
@@ -214,9 +225,15 @@ class SampledSoftmax(keras.layers.Layer):
                 f"`hard_negatives` must be None or an int in [1, num_negatives={num_negatives}). "
                 f"Received: hard_negatives={hard_negatives!r}"
             )
-        for name, value in (("logq_correction", logq_correction), ("remove_accidental_hits", remove_accidental_hits)):
-            if not isinstance(value, bool):
-                raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
+        if not isinstance(logq_correction, bool) and logq_correction not in LOGQ_CORRECTIONS:
+            raise ValueError(
+                f"`logq_correction` must be a bool or one of {LOGQ_CORRECTIONS}. Received: "
+                f"logq_correction={logq_correction!r}"
+            )
+        if not isinstance(remove_accidental_hits, bool):
+            raise ValueError(
+                f"`remove_accidental_hits` must be a bool. Received: remove_accidental_hits={remove_accidental_hits!r}"
+            )
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
         counts = None
@@ -321,11 +338,18 @@ class SampledSoftmax(keras.layers.Layer):
         one_hot = ops.concatenate(
             [ops.ones_like(ops.expand_dims(target_logits, -1)), ops.zeros_like(negative_logits)], axis=-1
         )
-        if self.logq_correction:
-            target_q = ops.expand_dims(self.probabilities(labels, labels), -1)
+        correction = {True: "all", False: "none"}.get(self.logq_correction, self.logq_correction)
+        if correction != "none":
             negative_q = ops.broadcast_to(
                 ops.expand_dims(self.probabilities(negative_ids, labels), 0), ops.shape(negative_logits)
             )
+            if correction == "negatives":
+                # The target keeps its logit and a negative loses log(N q): the same softmax as the target gaining
+                # log N and the negatives losing log q (probabilities stay in (0, 1], as the keras-rs layer needs).
+                count = ops.cast(ops.shape(negative_logits)[-1], negative_q.dtype)
+                target_q = ops.ones_like(ops.expand_dims(target_logits, -1)) / count
+            else:
+                target_q = ops.expand_dims(self.probabilities(labels, labels), -1)
             logits = self.probability_correction(logits, ops.concatenate([target_q, negative_q], axis=-1))
         if self.remove_accidental_hits:
             candidate_ids = ops.concatenate(

@@ -223,6 +223,7 @@ def make_sampled_softmax(training_config, prepared: PreparedDataset):
         sampler_exponent=1.0 if t.sampler_exponent is None else t.sampler_exponent,
         item_counts=item_popularity(prepared) if sampler in COUNT_SAMPLERS else None,
         hard_negatives=t.hard_negatives,
+        logq_correction=t.logq_correction or "all",
         seed=t.seed,
     )
 
