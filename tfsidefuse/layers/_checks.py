@@ -36,6 +36,12 @@ def check_rate(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
 
 
+def check_seed(seed: Any) -> None:
+    """Raises unless `seed` is an int or `None` (`True` and `False` are not seeds)."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
     """Raises unless `value` is one of `choices`."""
     if value not in choices:

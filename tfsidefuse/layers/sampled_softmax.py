@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from tfsidefuse.data.schema import NUM_RESERVED_IDS, PAD_ID
+from tfsidefuse.layers._checks import check_seed
 
 #: Negative samplers of `SampledSoftmax`.
 SAMPLERS = ("in_batch", "uniform", "log_uniform", "popularity")
@@ -234,8 +235,7 @@ class SampledSoftmax(keras.layers.Layer):
             raise ValueError(
                 f"`remove_accidental_hits` must be a bool. Received: remove_accidental_hits={remove_accidental_hits!r}"
             )
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        check_seed(seed)
         counts = None
         if item_counts is not None:
             counts = np.asarray(item_counts, dtype=np.float64)
@@ -256,6 +256,7 @@ class SampledSoftmax(keras.layers.Layer):
         self.item_counts = counts
         self.hard_negatives = hard_negatives
         self.logq_correction = logq_correction
+        self._correction = {True: "all", False: "none"}.get(logq_correction, logq_correction)
         self.remove_accidental_hits = remove_accidental_hits
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="negative_seed_generator")
@@ -338,12 +339,11 @@ class SampledSoftmax(keras.layers.Layer):
         one_hot = ops.concatenate(
             [ops.ones_like(ops.expand_dims(target_logits, -1)), ops.zeros_like(negative_logits)], axis=-1
         )
-        correction = {True: "all", False: "none"}.get(self.logq_correction, self.logq_correction)
-        if correction != "none":
+        if self._correction != "none":
             negative_q = ops.broadcast_to(
                 ops.expand_dims(self.probabilities(negative_ids, labels), 0), ops.shape(negative_logits)
             )
-            if correction == "negatives":
+            if self._correction == "negatives":
                 # The target keeps its logit and a negative loses log(N q): the same softmax as the target gaining
                 # log N and the negatives losing log q (probabilities stay in (0, 1], as the keras-rs layer needs).
                 count = ops.cast(ops.shape(negative_logits)[-1], negative_q.dtype)

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfsidefuse.data.schema import OOV_ID, PAD_ID
+from tfsidefuse.layers._checks import check_seed
 from tfsidefuse.models.backbone import Backbone
 from tfsidefuse.models.next_item_model import NextItemModel
 
@@ -131,8 +132,7 @@ class MaskedItemModel(NextItemModel):
         ):
             if not isinstance(value, bool):
                 raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        check_seed(seed)
         self.mask_prob = float(mask_prob)
         self.ft_ratio = float(ft_ratio)
         self.mask_behaviour_at_masked_slots = mask_behaviour_at_masked_slots

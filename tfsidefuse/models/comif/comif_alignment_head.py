@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from tfsidefuse.data.schema import NUM_RESERVED_IDS
-from tfsidefuse.layers._checks import check_choice, check_positive_int
+from tfsidefuse.layers._checks import check_choice, check_positive_int, check_seed
 from tfsidefuse.layers.masks import padding_mask
 from tfsidefuse.layers.rows import take_rows
 from tfsidefuse.models.auxiliary_head import AuxiliaryHead
@@ -100,8 +100,7 @@ class COMIFAlignmentHead(AuxiliaryHead):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"`{name}` must be a non-negative number. Received: {name}={value!r}")
         check_positive_int("upa_num_negatives", upa_num_negatives, allow_bool=False)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        check_seed(seed)
         self.iaa_weight = iaa_weight
         self.iaa_scope = iaa_scope
         self.iaa_multi_valued = iaa_multi_valued

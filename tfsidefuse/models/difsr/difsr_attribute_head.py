@@ -10,7 +10,7 @@ import numpy as np
 from keras import ops
 
 from tfsidefuse.data.schema import NUM_RESERVED_IDS, PAD_ID
-from tfsidefuse.layers._checks import check_choice, check_positive_int, get_initializer
+from tfsidefuse.layers._checks import check_choice, check_positive_int, check_seed, get_initializer
 from tfsidefuse.models.auxiliary_head import AuxiliaryHead
 
 #: Initial biases of the attribute predictors, see `DIFSRAttributeHead`.
@@ -141,8 +141,7 @@ class DIFSRAttributeHead(AuxiliaryHead):
         check_choice("attribute_predictor_bias", attribute_predictor_bias, PREDICTOR_BIASES)
         if attribute_negatives is not None:
             check_positive_int("attribute_negatives", attribute_negatives, allow_bool=False)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+        check_seed(seed)
         self.item_features = item_features
         self.hidden_dim = hidden_dim
         self.lambda_attr = lambda_attr
@@ -208,9 +207,6 @@ class DIFSRAttributeHead(AuxiliaryHead):
         earlier = np.tril(np.ones((width, width), dtype=bool), k=-1)  # [m, k]: k < m
         repeat = ops.any(ops.logical_and(ops.equal(targets[..., :, None], targets[..., None, :]), earlier), axis=-1)
         is_target = ops.logical_and(ops.not_equal(targets, PAD_ID), ops.logical_not(repeat))
-        # The sampled scores read the predictor's columns: in float32, as the logits of the exact loss.
-        hidden = ops.cast(hidden, "float32")
-        kernel, bias = ops.cast(predictor.kernel, "float32"), ops.cast(predictor.bias, "float32")
         num_negatives = self.attribute_negatives
         if num_negatives is None or num_negatives >= vocab_size - 1:
             logits = ops.cast(predictor(hidden), "float32")
@@ -218,6 +214,9 @@ class DIFSRAttributeHead(AuxiliaryHead):
             return ops.sum(ops.softplus(logits[..., 1:]), axis=-1) - ops.sum(
                 ops.where(is_target, target_logits, 0.0), axis=-1
             )
+        # The sampled scores read the predictor's columns: in float32, as the logits of the exact loss.
+        hidden = ops.cast(hidden, "float32")
+        kernel, bias = ops.cast(predictor.kernel, "float32"), ops.cast(predictor.bias, "float32")
         # The target columns: sum_{c in T} (softplus(x_c) - x_c) = sum_{c in T} softplus(-x_c).
         target_columns = ops.take(ops.transpose(kernel), targets, axis=0)  # [..., max_values, hidden]
         target_logits = ops.sum(ops.expand_dims(hidden, -2) * target_columns, axis=-1) + ops.take(bias, targets)
