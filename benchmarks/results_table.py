@@ -39,6 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from paired import compare_groups  # noqa: E402
 from published import best_published  # noqa: E402
 
+from tfsidefuse.config import ConfigError, RunConfig  # noqa: E402
+
 START, END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 MODEL_ORDER = ("sasrec", "bert4rec", "sasrec_f", "fdsa", "nova", "nova_bert", "difsr", "asif", "comif")
 DATASET_ORDER = ("amazon-beauty", "amazon-sports")
@@ -63,9 +65,21 @@ def is_seeded(record: dict) -> bool:
     return isinstance(record.get("resolved_config"), dict) and record.get("seed") is not None
 
 
+def normalized_config(resolved: dict) -> dict:
+    """A stored resolved config as this version resolves it: keys added since it was written get their defaults.
+
+    A config written before a training option existed then groups with the same config written after, where the
+    option is stored with its default value. A config this version no longer accepts is kept as stored.
+    """
+    try:
+        return RunConfig.from_dict(json.loads(json.dumps(resolved)), validate=False).to_dict()
+    except ConfigError:
+        return json.loads(json.dumps(resolved))
+
+
 def config_key(record: dict) -> str:
     """The record's resolved config without its run-specific entries, as canonical JSON (the group identity)."""
-    config = json.loads(json.dumps(record["resolved_config"]))
+    config = normalized_config(record["resolved_config"])
     for section, key in RUN_SPECIFIC:
         if isinstance(config.get(section), dict):
             config[section].pop(key, None)

@@ -97,7 +97,7 @@ def _seeded(tmp_path, model, seed, hidden, valid, test, ranks=None, *, epochs=(2
         "config": f"configs/amazon-beauty/{model}.yaml",
         "overrides": {"model.hidden_dim": hidden, "training.seed": seed, "training.run_dir": f"runs/{run_id}"},
         "resolved_config": {
-            "dataset": {"source": "s3rec", "prepared_dir": "runs/data/beauty"},
+            "dataset": {"source": "s3rec", "path": "data/beauty", "prepared_dir": "runs/data/beauty"},
             "model": {"name": model, "hidden_dim": hidden},
             "training": {"run_dir": f"runs/{run_id}", "seed": seed, "epochs": 50},
         },
@@ -242,6 +242,25 @@ def test_superseded_seed_and_all_groups_listing(tmp_path):
     # Sorted by validation within a model; only the validation-best group is marked.
     assert "| 3 (1, 2, 3) | 0.0720 ± 0.0020 | ✓ |" in comif[0]
     assert "| 3 (1, 2, 3) | 0.0600 ± 0.0000 |  |" in comif[1] and "0.0777 ± 0.0000" in comif[1]
+
+
+def test_an_option_added_later_with_its_default_does_not_split_a_group(tmp_path):
+    table = _load("results_table")
+    before = _seeded(tmp_path, "sasrec", 1, 64, 0.060, (0.08, 0.11, 0.04, 0.049))
+    after = _seeded(tmp_path, "sasrec", 2, 64, 0.050, (0.07, 0.10, 0.03, 0.040))
+    # Written by a later version: the options it added are stored with their defaults.
+    after["resolved_config"]["training"].update(optimizer="adam", loss=None, input_sharding="auto")
+    changed = _seeded(tmp_path, "sasrec", 3, 64, 0.070, (0.09, 0.12, 0.05, 0.051))
+    changed["resolved_config"]["training"].update(optimizer="lazy_adam")
+    groups = table.group_runs([before, after, changed])
+    assert sorted(group.seeds for group in groups) == [[1, 2], [3]]
+    # Both seeds count in the row, the worse one included: mean NDCG@20 (0.049 + 0.040) / 2.
+    two = next(group for group in groups if group.seeds == [1, 2])
+    assert table._mean_std(two, "test", "ndcg@20") == "0.0445 ± 0.0064"
+    # A stored config this version rejects is grouped as stored.
+    odd = _seeded(tmp_path, "sasrec", 1, 64, 0.060, (0.08, 0.11, 0.04, 0.049))
+    odd["resolved_config"]["training"]["no_such_option"] = 1
+    assert len(table.group_runs([before, odd])) == 2
 
 
 def test_reference_needs_ranks_for_every_seed_and_the_same_data(tmp_path):

@@ -444,7 +444,8 @@ class RunConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source_path: str | None = None) -> RunConfig:
+    def from_dict(cls, data: Any, source_path: str | None = None, validate: bool = True) -> RunConfig:
+        """The config of a mapping; with ``validate=False`` only keys and types are checked (no paths or ranges)."""
         if not isinstance(data, dict):
             raise ConfigError(f"config must be a mapping with dataset/model/training sections, got {data!r}")
         _check_keys("config", data, ("dataset", "model", "training"))
@@ -459,7 +460,8 @@ class RunConfig:
         model = ModelConfig(name=name, params=model_data)
         training = _build("training", TrainingConfig, data["training"])
         config = cls(dataset=dataset, model=model, training=training, source_path=source_path)
-        config.validate()
+        if validate:
+            config.validate()
         return config
 
 
