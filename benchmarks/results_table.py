@@ -71,10 +71,11 @@ def normalized_config(resolved: dict) -> dict:
     A config written before a training option existed then groups with the same config written after, where the
     option is stored with its default value. A config this version no longer accepts is kept as stored.
     """
+    stored = json.loads(json.dumps(resolved))  # a deep copy: resolving must not touch the record
     try:
-        return RunConfig.from_dict(json.loads(json.dumps(resolved)), validate=False).to_dict()
+        return RunConfig.from_dict(stored, validate=False).to_dict()
     except ConfigError:
-        return json.loads(json.dumps(resolved))
+        return stored
 
 
 def config_key(record: dict) -> str:
