@@ -115,6 +115,7 @@ def test_weights_and_defaults():
         "feature_fusion": "gate",
         "gate_scorer": "mlp",
         "share_layer_norm": True,
+        "output_dropout": None,
     }
     assert {k: config[k] for k in defaults} == defaults
     assert tuple(backbone.tower_fusion.projection.kernel.shape) == (128, 64)
@@ -276,6 +277,9 @@ def test_set_item_feature_tables_validates():
         ({"feature_fusion": "mean"}, "feature_fusion='mean'"),
         ({"gate_scorer": "deep"}, "gate_scorer='deep'"),
         ({"share_layer_norm": "yes"}, "share_layer_norm='yes'"),
+        ({"output_dropout": 1.0}, "output_dropout=1.0"),
+        ({"output_dropout": "0.1"}, "output_dropout='0.1'"),
+        ({"output_dropout": True}, "output_dropout=True"),
         ({"item_features": [{"name": "category", "vocab_size": 0, "max_values": 2}]}, "vocab_size=0"),
         ({"interaction_features": [{"name": "brand", "vocab_size": 3}]}, "duplicate"),
         ({"item_features": [], "interaction_features": ()}, r"item_features=\[\], interaction_features=\(\)"),
@@ -284,6 +288,29 @@ def test_set_item_feature_tables_validates():
 def test_invalid_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         FDSABackbone(**{**INIT_KWARGS, **kwargs})
+
+
+def test_output_dropout_drops_only_the_scored_vector():
+    # In training, a dropout rate r zeroes about a fraction r of the scored vector (a layer norm's output is never
+    # exactly 0 otherwise). `None` takes `dropout`; 0.0 leaves the output whole while the rest still drops.
+    mask = ITEM_IDS != 0
+    fractions = {}
+    for rate in (None, 0.0, 0.25):
+        backbone = _backbone(dropout=0.5, output_dropout=rate)
+        output = np.asarray(backbone(INPUTS, training=True)["sequence_output"])[mask]
+        fractions[rate] = float(np.mean(output == 0.0))
+        assert backbone.output_dropout.rate == (0.5 if rate is None else rate)
+        assert backbone.get_config()["output_dropout"] == rate
+        # At inference no dropout applies, whatever the rate.
+        inference = np.asarray(backbone(INPUTS)["sequence_output"])[mask]
+        assert not np.any(inference == 0.0)
+    assert fractions[0.0] == 0.0
+    assert 0.35 < fractions[None] < 0.65, fractions
+    assert 0.1 < fractions[0.25] < 0.4, fractions
+    # The other dropouts still act with output_dropout=0.0: two training calls differ.
+    backbone = _backbone(dropout=0.5, output_dropout=0.0)
+    first, second = (np.asarray(backbone(INPUTS, training=True)["sequence_output"]) for _ in range(2))
+    assert not np.allclose(first[mask], second[mask])
 
 
 def test_a_single_feature_enters_as_it_is_under_add_and_gate():

@@ -7,6 +7,7 @@ ff_dim=0".
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +32,8 @@ def check_positive(name: str, value: Any) -> None:
 
 
 def check_rate(name: str, value: Any) -> None:
-    """Raises unless `value` is a dropout rate in `[0, 1)`."""
-    if not 0.0 <= value < 1.0:
+    """Raises unless `value` is a dropout rate (a number, not a bool) in `[0, 1)`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
         raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value!r}")
 
 

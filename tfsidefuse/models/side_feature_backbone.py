@@ -170,6 +170,7 @@ class SideFeatureBackbone(SASRecBackbone):
         gate_scorer: str,
         num_layers: int | None = None,
         share_layer_norm: bool = False,
+        output_dropout: float | None = None,
     ) -> None:
         """Builds a feature tower joined late to the item stream (FDSA; `SideFuseBackbone`'s `"late"` entry).
 
@@ -189,6 +190,8 @@ class SideFeatureBackbone(SASRecBackbone):
             share_layer_norm: whether the tower input and the joined output
                 reuse the embedding LayerNorm (RecBole's FDSA) instead of
                 their own (`feature_layer_norm`, `output_layer_norm`).
+            output_dropout: dropout rate on the joined output `H`; `None` gives
+                `dropout`.
         """
         self.feature_fusion_layer = None
         if num_features > 1 or fusion == "concat":
@@ -198,7 +201,11 @@ class SideFeatureBackbone(SASRecBackbone):
             "feature_transformer_layer", num_layers=num_layers, custom_attention=False
         )
         self.tower_fusion = self.make_embedding_fusion("concat", 2, "tower_fusion")
-        self.output_dropout = self.make_dropout("output_dropout")
+        self.output_dropout = (
+            self.make_dropout("output_dropout")
+            if output_dropout is None
+            else keras.layers.Dropout(output_dropout, dtype=self.dtype_policy, name="output_dropout")
+        )
         self.feature_tower_shares_layer_norm = share_layer_norm
         if not share_layer_norm:
             self.feature_layer_norm = self.make_layer_norm("feature_layer_norm")

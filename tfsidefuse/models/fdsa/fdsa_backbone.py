@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from tfsidefuse.layers._checks import check_choice
+from tfsidefuse.layers._checks import check_choice, check_rate
 from tfsidefuse.layers.embedding_fusion import FUSION_MODES, GATE_SCORERS
 from tfsidefuse.layers.masks import padding_mask
 from tfsidefuse.models.side_feature_backbone import SideFeatureBackbone
@@ -68,6 +68,10 @@ class FDSABackbone(SideFeatureBackbone):
             scorer of `"gate"` fusion.
         share_layer_norm: whether the two tower inputs and the fused output go
             through one LayerNorm (RecBole) or three.
+        output_dropout: dropout rate on the fused output `H`, the vector that
+            is scored; `None` (default) gives `dropout`, as RecBole. SASRec's
+            output has no dropout of its own (its last block drops only its
+            residual branches); `0.0` gives FDSA the same.
         **kwargs: standard layer arguments (`name`, `dtype`, `trainable`).
 
     Call arguments:
@@ -117,6 +121,7 @@ class FDSABackbone(SideFeatureBackbone):
         feature_fusion: str = "gate",
         gate_scorer: str = "mlp",
         share_layer_norm: bool = True,
+        output_dropout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -143,9 +148,12 @@ class FDSABackbone(SideFeatureBackbone):
                 "FDSA's feature tower needs at least one side feature. "
                 f"Received: item_features={item_features!r}, interaction_features={interaction_features!r}"
             )
+        if output_dropout is not None:
+            check_rate("output_dropout", output_dropout)
         self.feature_fusion = feature_fusion
         self.gate_scorer = gate_scorer
         self.share_layer_norm = share_layer_norm
+        self.output_dropout_rate = output_dropout
 
     def build(self, inputs_shape: Any = None) -> None:
         # The item tower (SASRec's tables, embedding layer norm and encoder), then the side embeddings.
@@ -155,6 +163,7 @@ class FDSABackbone(SideFeatureBackbone):
             self.feature_fusion,
             self.gate_scorer,
             share_layer_norm=self.share_layer_norm,
+            output_dropout=self.output_dropout_rate,
         )
         self.built = True
 
@@ -173,6 +182,7 @@ class FDSABackbone(SideFeatureBackbone):
                 "feature_fusion": self.feature_fusion,
                 "gate_scorer": self.gate_scorer,
                 "share_layer_norm": self.share_layer_norm,
+                "output_dropout": self.output_dropout_rate,
             }
         )
         return config
