@@ -201,11 +201,7 @@ class SideFeatureBackbone(SASRecBackbone):
             "feature_transformer_layer", num_layers=num_layers, custom_attention=False
         )
         self.tower_fusion = self.make_embedding_fusion("concat", 2, "tower_fusion")
-        self.output_dropout = (
-            self.make_dropout("output_dropout")
-            if output_dropout is None
-            else keras.layers.Dropout(output_dropout, dtype=self.dtype_policy, name="output_dropout")
-        )
+        self.output_dropout = self.make_dropout("output_dropout", output_dropout)
         self.feature_tower_shares_layer_norm = share_layer_norm
         if not share_layer_norm:
             self.feature_layer_norm = self.make_layer_norm("feature_layer_norm")

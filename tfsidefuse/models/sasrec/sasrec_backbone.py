@@ -189,9 +189,9 @@ class SASRecBackbone(Backbone):
         layer_norm.build((None, None, self.hidden_dim))
         return layer_norm
 
-    def make_dropout(self, name: str) -> keras.layers.Dropout:
-        """A dropout layer with rate `dropout`."""
-        return keras.layers.Dropout(self.dropout, dtype=self.dtype_policy, name=name)
+    def make_dropout(self, name: str, rate: float | None = None) -> keras.layers.Dropout:
+        """A dropout layer with rate `rate`, `dropout` when `None`."""
+        return keras.layers.Dropout(self.dropout if rate is None else rate, dtype=self.dtype_policy, name=name)
 
     def input_embeddings(self, inputs: dict[str, Any], padding_mask: Any) -> Any:
         """The per-slot input `x + P` of the encoder, before its layer norm and dropout.
