@@ -4,6 +4,7 @@ Usage (from the project root):
     python benchmarks/results_table.py                  # print the tables
     python benchmarks/results_table.py --readme README.md  # also rewrite the README's results block
     python benchmarks/results_table.py --groups         # every tuned config, not only the selected one per model
+    python benchmarks/results_table.py --claims         # do the papers' orderings of two models hold here?
 
 Runs are grouped by tuned config: a group is one (dataset, model, resolved config with ``training.seed`` and
 ``training.run_dir`` left out), so the seeds of one config form one group (a seed run twice keeps its later run).
@@ -19,6 +20,10 @@ the reference group's same seeds and runs a two-sided paired t-test over the use
 ``p (mean difference)``. The reference group is the baseline model's group with the best mean validation NDCG@20
 among those that have ranks files for every seed of the compared group (and the same dataset fingerprint); "–"
 when there is none, when the compared group lacks ranks files, or for the reference group itself.
+
+``--claims`` takes every two selected models that one paper reports on the same dataset, orients the pair by the
+papers (the model they put ahead first), and sets the papers' NDCG@20 differences beside ours (the paired test over
+the seeds both groups ran): the ordering holds, is reversed, or is not significant at p < 0.05.
 
 One markdown table per dataset: Amazon Beauty, Amazon Sports, then the others by name.
 """
@@ -37,7 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from paired import compare_groups  # noqa: E402
-from published import best_published  # noqa: E402
+from published import PUBLISHED, best_published  # noqa: E402
 
 from tfsidefuse.config import ConfigError, RunConfig  # noqa: E402
 
@@ -202,6 +207,89 @@ def paired_against(group: Group, baseline: str, groups: list[Group], results_dir
     return compare_groups(results_dir, group.runs, reference.runs)
 
 
+SIGNIFICANCE = 0.05
+"""Level of the paired test below which ``--claims`` calls a difference established (two-sided, per pair)."""
+
+
+def paired_groups(group: Group, other: Group, results_dir: str | None) -> dict | None:
+    """``paired.compare_groups`` of two groups over the seeds both ran with ranks files, or ``None``.
+
+    ``None`` when they share no ranked seed or were trained on differently fingerprinted data.
+    """
+    common = group.ranked_seeds(results_dir) & other.ranked_seeds(results_dir)
+    if not common or (group.fingerprints and other.fingerprints and group.fingerprints != other.fingerprints):
+        return None
+    runs_a = [run for run in group.runs if run.get("seed") in common]
+    runs_b = [run for run in other.runs if run.get("seed") in common]
+    return compare_groups(results_dir, runs_a, runs_b)
+
+
+def published_differences(dataset: str, model_a: str, model_b: str, metric: str = "ndcg@20") -> dict[str, float]:
+    """``{source: value of a - value of b}`` over the papers that report both models on `dataset`, by source name."""
+    rows_a, rows_b = PUBLISHED.get((dataset, model_a), {}), PUBLISHED.get((dataset, model_b), {})
+    return {source: rows_a[source][metric] - rows_b[source][metric] for source in sorted(rows_a) if source in rows_b}
+
+
+def claim_verdict(published: dict[str, float], result: dict | None, a: str = "a", b: str = "b") -> str:
+    """Whether our paired result agrees with the papers' sign of ``a - b`` (``published`` as from
+    :func:`published_differences`, oriented so that the papers put ``a`` ahead).
+
+    ``holds``: ours is positive at p < :data:`SIGNIFICANCE`; ``reversed``: negative at that level; ``not
+    significant``: p at or above it; ``papers disagree``: the papers' signs differ (the model ahead here, `a` or
+    `b`, is then named); ``–``: no paired result.
+    """
+    if result is None:
+        return NONE
+    significant = result["p_value"] < SIGNIFICANCE
+    if min(published.values()) < 0 < max(published.values()):
+        if not significant:
+            return "papers disagree; no significant difference here"
+        return f"papers disagree; {a if result['mean_diff'] > 0 else b} ahead here"
+    if not significant:
+        return "not significant"
+    return "holds" if result["mean_diff"] > 0 else "reversed"
+
+
+def format_claims(records: list[dict], results_dir: str | None) -> str:
+    """One markdown table per dataset: every pair of models that a paper reports on it, the papers' NDCG@20
+    difference, ours (the selected groups, over the seeds both ran) with its paired p-value, and the verdict.
+
+    Each pair is oriented so that the papers' mean difference is not negative (``a`` is the model they put ahead).
+    """
+    best = best_groups(group_runs(records))
+    blocks = []
+    for dataset in sorted({dataset for dataset, _ in best}, key=_dataset_order):
+        groups = sorted((group for (d, _), group in best.items() if d == dataset), key=_order)
+        rows = []
+        for i, first in enumerate(groups):
+            for second in groups[i + 1 :]:
+                differences = published_differences(dataset, first.model, second.model)
+                if not differences:
+                    continue
+                a, b = (first, second) if np.mean(list(differences.values())) >= 0 else (second, first)
+                if a is second:
+                    differences = {source: -value for source, value in differences.items()}
+                result = paired_groups(a, b, results_dir)
+                papers = ", ".join(f"{source} {value:+.4f}" for source, value in differences.items())
+                ours = p_value = NONE
+                if result is not None:
+                    ours = f"{result['mean_diff']:+.4f} ({', '.join(str(seed) for seed in result['seeds'])})"
+                    p_value = _p_text(result["p_value"])
+                verdict = claim_verdict(differences, result, a.model, b.model)
+                rows.append(f"| {a.model} > {b.model} | {papers} | {ours} | {p_value} | {verdict} |")
+        if not rows:
+            continue
+        title = DATASET_NAMES.get(dataset, dataset)
+        header = [
+            f"**{title}** (`{dataset}`)",
+            "",
+            "| claim (a > b) | published NDCG@20 a − b | ours: test NDCG@20 a − b (seeds) | paired p | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        blocks.append("\n".join(header + rows))
+    return "\n\n".join(blocks)
+
+
 def _order(group: Group) -> tuple:
     rank = MODEL_ORDER.index(group.model) if group.model in MODEL_ORDER else len(MODEL_ORDER)
     return rank, group.model, -group.mean("valid", "ndcg@20")
@@ -269,12 +357,14 @@ def _epochs(group: Group) -> str:
     return f"{runs} ({best})"
 
 
+def _p_text(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def _p_value(result: dict | None) -> str:
     if result is None:
         return NONE
-    p = result["p_value"]
-    text = f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-    return f"{text} ({result['mean_diff']:+.4f})"
+    return f"{_p_text(result['p_value'])} ({result['mean_diff']:+.4f})"
 
 
 def _row(group: Group, groups: list[Group], results_dir: str | None, selected: bool | None) -> str:
@@ -372,11 +462,17 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", help="rewrite the results block of this markdown file with the printed tables")
     parser.add_argument("--groups", action="store_true", help="show every tuned config, not only the selected one")
     parser.add_argument("--curves", metavar="METRIC", help="print the per-epoch curve of METRIC (e.g. val_ndcg@20)")
+    parser.add_argument(
+        "--claims", action="store_true", help="print whether the papers' orderings of two models hold here"
+    )
     args = parser.parse_args(argv)
     if args.curves:
         print(format_curves(load_results(args.results), args.curves))
         return 0
     results_dir = os.path.dirname(os.path.abspath(args.results))
+    if args.claims:
+        print(format_claims(load_results(args.results), results_dir))
+        return 0
     table = format_results(load_results(args.results), results_dir, all_groups=args.groups)
     print(table)
     if args.readme:

@@ -325,3 +325,81 @@ def test_benchmark_configs_are_named_in_the_changes_column():
     record = {"config": "benchmarks/configs/amazon-beauty-asif-tuned.yaml", "overrides": {"training.epochs": 20}}
     assert _changes(record) == "`amazon-beauty-asif-tuned.yaml`, epochs=20"
     assert _changes({"config": "configs/amazon-beauty/asif.yaml", "overrides": {"training.seed": 3}}) == "as shipped"
+
+
+def test_verdict_compares_our_sign_and_p_value_with_the_papers():
+    table = _load("results_table")
+    agree = {"ASIF paper": 0.002, "COMIF paper": 0.001}
+    disagree = {"ASIF paper": 0.002, "DIF-SR paper": -0.001}
+    assert table.claim_verdict(agree, {"mean_diff": 0.001, "p_value": 0.01}) == "holds"
+    assert table.claim_verdict(agree, {"mean_diff": -0.001, "p_value": 0.01}) == "reversed"
+    # At the threshold (0.05) the difference is not established, whatever its sign.
+    assert table.claim_verdict(agree, {"mean_diff": -0.001, "p_value": 0.05}) == "not significant"
+    assert table.claim_verdict(agree, {"mean_diff": 0.003, "p_value": 0.2}) == "not significant"
+    assert table.claim_verdict(agree, None) == "–"
+    assert table.claim_verdict(disagree, {"mean_diff": -0.001, "p_value": 1e-5}, "nova", "sasrec_f") == (
+        "papers disagree; sasrec_f ahead here"
+    )
+    assert table.claim_verdict(disagree, {"mean_diff": 0.001, "p_value": 1e-5}, "nova", "sasrec_f") == (
+        "papers disagree; nova ahead here"
+    )
+    assert table.claim_verdict(disagree, {"mean_diff": 0.001, "p_value": 0.3}) == (
+        "papers disagree; no significant difference here"
+    )
+
+
+def test_claims_pair_every_two_models_a_paper_reports_oriented_by_the_papers(tmp_path):
+    table = _load("results_table")
+    paired = _load("paired")
+    records = _synthetic(tmp_path)
+    lines = table.format_claims(records, str(tmp_path)).splitlines()
+    # Only Beauty has two models that a paper reports together (Sports and ml-1m have one model each).
+    assert lines[0] == "**Amazon Beauty** (`amazon-beauty`)" and "**Amazon Sports**" not in lines
+    rows = {line.split(" | ")[0][2:]: line for line in lines[4:]}
+    # Selected groups sasrec, bert4rec (old record), difsr, comif: the six pairs; bert4rec has no ranks file.
+    assert sorted(rows) == sorted(
+        [
+            "sasrec > bert4rec",
+            "difsr > sasrec",
+            "comif > sasrec",
+            "difsr > bert4rec",
+            "comif > bert4rec",
+            "comif > difsr",
+        ]
+    )
+    # Oriented by the papers: every paper puts DIF-SR above SASRec (ASIF 0.0526 - 0.0516, COMIF 0.0526 - 0.0512,
+    # DIF-SR 0.0541 - 0.0464), listed by source name.
+    difsr_rank = _user_means(DIFSR_RANKS)
+    vs_sasrec = paired.paired_test(difsr_rank, _user_means(SASREC_RANKS))
+    p = vs_sasrec["p_value"]
+    verdict = "holds" if p < 0.05 and vs_sasrec["mean_diff"] > 0 else "not significant"
+    assert rows["difsr > sasrec"] == (
+        "| difsr > sasrec | ASIF paper +0.0010, COMIF paper +0.0014, DIF-SR paper +0.0077 | "
+        f"{vs_sasrec['mean_diff']:+.4f} (1, 2, 3) | {table._p_text(p)} | {verdict} |"
+    )
+    vs_difsr = paired.paired_test(_user_means(COMIF_RANKS), difsr_rank)
+    assert rows["comif > difsr"].startswith(f"| comif > difsr | COMIF paper +0.0066 | {vs_difsr['mean_diff']:+.4f} ")
+    assert rows["sasrec > bert4rec"].endswith("| – | – | – |")
+
+
+def test_claims_use_the_seeds_both_groups_ran(tmp_path):
+    table = _load("results_table")
+    paired = _load("paired")
+    records = [r for r in _synthetic(tmp_path) if not (r["model"] == "difsr" and r.get("seed") == 3)]
+    groups = table.best_groups(table.group_runs(records))
+    difsr, sasrec = groups[("amazon-beauty", "difsr")], groups[("amazon-beauty", "sasrec")]
+    result = table.paired_groups(difsr, sasrec, str(tmp_path))
+    ranks = {seed: DIFSR_RANKS[seed] for seed in (1, 2)}
+    expected = paired.paired_test(_mean_over(ranks, (1, 2)), _mean_over({s: SASREC_RANKS[s] for s in (1, 2)}, (1, 2)))
+    assert result["seeds"] == [1, 2] and abs(result["mean_diff"] - expected["mean_diff"]) < 1e-12
+    assert abs(result["p_value"] - expected["p_value"]) < 1e-12
+    # Data with another fingerprint gives no comparison.
+    other = table.Group("amazon-beauty", "difsr", "x", [dict(r, dataset_fingerprint="fp-other") for r in difsr.runs])
+    assert table.paired_groups(other, sasrec, str(tmp_path)) is None
+
+
+def _mean_over(ranks_by_seed, seeds):
+    import numpy as np
+
+    ranks = np.array([ranks_by_seed[seed] for seed in seeds], dtype=np.float64)
+    return np.where(ranks <= 20, 1 / np.log2(ranks + 1), 0.0).mean(axis=0)
