@@ -136,6 +136,10 @@ class Group:
     def fingerprints(self) -> set:
         return {run["dataset_fingerprint"] for run in self.runs if run.get("dataset_fingerprint")}
 
+    def same_data(self, other: Group) -> bool:
+        """False only when both groups record their dataset fingerprints and these differ."""
+        return not self.fingerprints or not other.fingerprints or self.fingerprints == other.fingerprints
+
 
 def group_runs(records: list[dict]) -> list[Group]:
     """The records grouped by (dataset, model, tuned config); each unseeded record is a group of its own.
@@ -192,7 +196,7 @@ def reference_group(group: Group, baseline: str, groups: list[Group], results_di
         if other.dataset == group.dataset
         and other.model == baseline
         and seeds <= other.ranked_seeds(results_dir)
-        and (not group.fingerprints or not other.fingerprints or group.fingerprints == other.fingerprints)
+        and group.same_data(other)
     ]
     if not candidates:
         return None
@@ -217,7 +221,7 @@ def paired_groups(group: Group, other: Group, results_dir: str | None) -> dict |
     ``None`` when they share no ranked seed or were trained on differently fingerprinted data.
     """
     common = group.ranked_seeds(results_dir) & other.ranked_seeds(results_dir)
-    if not common or (group.fingerprints and other.fingerprints and group.fingerprints != other.fingerprints):
+    if not common or not group.same_data(other):
         return None
     runs_a = [run for run in group.runs if run.get("seed") in common]
     runs_b = [run for run in other.runs if run.get("seed") in common]
